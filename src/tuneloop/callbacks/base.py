@@ -1,0 +1,110 @@
+"""`TrainingCallback`, the base of every callback, and `CallbackRunner`, which fires events.
+
+The Trainer fires seven events; a callback overrides the hooks it cares about. Callbacks talk
+to each other only through attributes on the trainer (see `Trainer.__init__`), and priority
+(lower runs earlier) guarantees the producer runs before the consumer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+EVENTS = (
+    "on_train_begin",
+    "on_train_epoch_begin",
+    "on_train_step_end",
+    "on_val_begin",
+    "on_val_end",
+    "on_epoch_end",
+    "on_train_end",
+)
+
+NON_FINITE_STOP = "non_finite_loss"  # the stop reason that makes `Trainer.train()` return inf
+
+
+class TrainingCallback:
+    """Base class: every hook is a no-op; override the ones you need.
+
+    `priority` orders callbacks within an event (lower runs first). A callback may run one
+    hook at another priority by naming it in `hook_priority`, e.g. `{"on_epoch_end": 100}`.
+    A callback that wants to end training sets a truthy `stop_reason()` (checked after
+    `on_epoch_end`, in priority order).
+    """
+
+    priority: int = 50
+    hook_priority: dict[str, int] = {}
+
+    def on_train_begin(self, trainer, *, epochs: int, start_epoch: int, **kwargs) -> None:
+        """Before the first epoch; `epochs` is the total, `start_epoch` the first to run."""
+
+    def on_train_epoch_begin(self, trainer, *, epoch: int, **kwargs) -> None:
+        """Before the first training batch of `epoch` (0-based, absolute)."""
+
+    def on_train_step_end(self, trainer, *, batch_idx: int, loss, **kwargs) -> None:
+        """After `optimizer.step()`; `loss` is a detached 0-dim tensor (no host sync made)."""
+
+    def on_val_begin(self, trainer, *, epoch: int, **kwargs) -> None:
+        """Before the validation pass of `epoch`."""
+
+    def on_val_end(self, trainer, *, epoch: int, val_loss: float, metrics: dict, **kwargs) -> None:
+        """After validation, with the epoch's val_loss and validation metrics."""
+
+    def on_epoch_end(
+        self, trainer, *, epoch: int, train_loss: float, val_loss: float, metrics: dict, **kwargs
+    ) -> None:
+        """After the epoch is fully evaluated; the last hook before the stop checks."""
+
+    def on_train_end(self, trainer, **kwargs) -> None:
+        """Always, once: after normal end, early stop, NaN stop, prune, or an exception."""
+
+    def stop_reason(self) -> str | None:
+        """A non-empty reason ends training after this epoch's `on_epoch_end`; None goes on."""
+        return None
+
+
+def _overrides(callback: TrainingCallback, event: str) -> bool:
+    return getattr(type(callback), event) is not getattr(TrainingCallback, event)
+
+
+class CallbackRunner:
+    """Holds callbacks sorted by priority (stable: ties keep insertion order) and fires events."""
+
+    def __init__(self, callbacks: Iterable[TrainingCallback] = ()):
+        self.callbacks: list[TrainingCallback] = sorted(callbacks, key=lambda c: c.priority)
+        # Per event, only the callbacks that override that hook, in the event's order.
+        self._by_event: dict[str, list[TrainingCallback]] = {
+            event: sorted(
+                (c for c in self.callbacks if _overrides(c, event)),
+                key=lambda c, e=event: c.hook_priority.get(e, c.priority),
+            )
+            for event in EVENTS
+        }
+
+    def fire(self, event_name: str, **kwargs: Any) -> None:
+        """Call `event_name` on every callback that implements it, in priority order."""
+        try:
+            callbacks = self._by_event[event_name]
+        except KeyError:
+            raise ValueError(
+                f"unknown event {event_name!r}; valid events: {', '.join(EVENTS)}"
+            ) from None
+        for callback in callbacks:
+            try:
+                getattr(callback, event_name)(**kwargs)
+            except Exception as exc:
+                exc.add_note(f"raised by {type(callback).__name__}.{event_name}")
+                raise
+
+    def stop_reason(self) -> str | None:
+        """The first stop reason a callback gives, in priority order, else None."""
+        for callback in self.callbacks:
+            reason = callback.stop_reason()
+            if reason:
+                return reason
+        return None
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def __len__(self) -> int:
+        return len(self.callbacks)

@@ -1,0 +1,30 @@
+"""MetricsCsvCallback: one row per epoch of the full epoch record in `metrics.csv`, rewritten atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from tuneloop.callbacks.base import TrainingCallback
+from tuneloop.checkpointing import atomic_write_text
+
+
+class MetricsCsvCallback(TrainingCallback):
+    """Keeps every epoch's record (`rows`) and rewrites `path` after each epoch, so a reader
+    never sees a partial file; columns are the union of keys seen so far, in first-seen order."""
+
+    priority = 96  # after CheckpointCallback (95): the row describes a fully evaluated epoch
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+
+    def on_epoch_end(self, trainer, *, epoch, train_loss, val_loss, metrics, **kwargs):
+        self.rows.append(trainer.epoch_record(epoch, train_loss, val_loss, metrics))
+        columns = list(dict.fromkeys(key for row in self.rows for key in row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buffer.getvalue())

@@ -1,0 +1,41 @@
+"""PrunerCallback: the bridge to Ray Tune — one `tune.report` per epoch, after the checkpoint is written.
+
+The seed runs it at priority 85, but Tune wants metrics and checkpoint in one call, so its
+`on_epoch_end` runs at priority 100 (`hook_priority`): after every producer has written its shared
+attribute and after CheckpointCallback (95) has left the epoch's checkpoint directory in
+`trainer._epoch_checkpoint`. It then sends `trainer.epoch_record(...)` in a single report. A scheduler STOP arrives as `SystemExit` from
+the report; it passes through the Trainer (which still fires `on_train_end`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from tuneloop.callbacks.base import TrainingCallback
+
+
+class PrunerCallback(TrainingCallback):
+    """Reports each epoch's metrics (and checkpoint, when one was written) through `report`.
+
+    `report(metrics: dict, checkpoint_dir: str | None)` defaults to Ray Tune's `tune.report`;
+    it is only added to the callbacks inside a Tune trial.
+    """
+
+    priority = 85
+    hook_priority = {"on_epoch_end": 100}
+
+    def __init__(self, report: Callable[[dict, str | None], None] | None = None):
+        self.report = report or _tune_report
+        self.reports = 0
+
+    def on_epoch_end(self, trainer, *, epoch, train_loss, val_loss, metrics, **kwargs):
+        record = trainer.epoch_record(epoch, train_loss, val_loss, metrics)
+        self.reports += 1
+        self.report(record, trainer._epoch_checkpoint)
+
+
+def _tune_report(metrics: dict, checkpoint_dir: str | None) -> None:
+    from ray import tune
+
+    checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+    tune.report(metrics, checkpoint=checkpoint)

@@ -1,0 +1,213 @@
+"""Checkpoint contents (collect/restore the full training state), atomic files and the on-disk layout.
+
+A checkpoint is one file `state.pt` holding: format version, epoch, config hash, model,
+optimizer, LR scheduler, the `state_dict()` of every stateful callback (EarlyStopping,
+LossPrediction, OverfitDetection, ...) and the RNG states (python, numpy, torch CPU and
+CUDA) as CPU tensors, so that `torch.load(weights_only=True)` can read it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+STATE_FILE = "state.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: unreadable, truncated, other format or other experiment."""
+
+
+def config_hash(config: dict) -> str:
+    """A stable short hash of a JSON-able config (key order does not matter)."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --- RNG states as tensors ---------------------------------------------------------------
+
+def rng_state() -> dict:
+    version, mt_state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": torch.tensor(mt_state, dtype=torch.int64),
+        "python_version": version,
+        "python_gauss": gauss,
+        "numpy": torch.from_numpy(np_keys.astype(np.int64)),
+        "numpy_pos": int(np_pos),
+        "numpy_has_gauss": int(np_has_gauss),
+        "numpy_gauss": float(np_gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()),
+                     state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_has_gauss"], state["numpy_gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+
+
+# --- the training state --------------------------------------------------------------------
+
+def _stateful_callbacks(trainer) -> dict:
+    """Callbacks with a state_dict, keyed by class name (with an index when a class repeats)."""
+    named, seen = {}, {}
+    for callback in trainer.callbacks:
+        if not (hasattr(callback, "state_dict") and hasattr(callback, "load_state_dict")):
+            continue
+        name = type(callback).__name__
+        seen[name] = seen.get(name, 0) + 1
+        named[name if seen[name] == 1 else f"{name}#{seen[name]}"] = callback
+    return named
+
+
+def collect_state(trainer, epoch: int, cfg_hash: str = "") -> dict:
+    """Everything needed to continue after `epoch` exactly as if never interrupted."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "epoch": int(epoch),
+        "config_hash": cfg_hash,
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+        "callbacks": {name: cb.state_dict() for name, cb in _stateful_callbacks(trainer).items()},
+        "rng": rng_state(),
+    }
+
+
+def restore_state(trainer, state: dict) -> int:
+    """Load `state` into the trainer and its callbacks; return the next epoch to train.
+
+    The checkpoint was taken at `on_epoch_end`, before the LR scheduler stepped for that
+    epoch, so the scheduler is stepped once here to put the next epoch's LR in place.
+    """
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    callbacks = _stateful_callbacks(trainer)
+    for name, callback_state in state["callbacks"].items():
+        if name in callbacks:
+            callbacks[name].load_state_dict(callback_state)
+    if trainer.scheduler is not None and state["scheduler"] is not None:
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        trainer.scheduler.step()
+    set_rng_state(state["rng"])
+    return int(state["epoch"]) + 1
+
+
+# --- files -----------------------------------------------------------------------------------
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_state(state: dict, directory: Path) -> Path:
+    """Write `state` as `directory/state.pt` atomically (the directory is created)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(directory / STATE_FILE, buffer.getvalue())
+    return directory / STATE_FILE
+
+
+def load_state(directory: Path, expected_hash: str | None = None, map_location="cpu") -> dict:
+    """Read a checkpoint directory with `weights_only=True` and check version and config hash."""
+    path = Path(directory) / STATE_FILE
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint file does not exist") from None
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt?): {exc}") from exc
+    version = state.get("format_version") if isinstance(state, dict) else None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format_version {FORMAT_VERSION} expected, but got {version!r}")
+    if expected_hash is not None and state.get("config_hash") != expected_hash:
+        raise CheckpointError(
+            f"{path}: written by another experiment (config hash {state.get('config_hash')!r}, "
+            f"expected {expected_hash!r})")
+    return state
+
+
+EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+
+
+class CheckpointManager:
+    """The standalone layout under `root`: `epoch_<N>/` periodic checkpoints and `best/`.
+
+    Periodic checkpoints beyond the last `keep_last_k` (by epoch number) are deleted;
+    `best/` is replaced when the monitored value improves (`mode` min or max).
+    """
+
+    def __init__(self, root: Path, keep_last_k: int = 3, mode: str = "min"):
+        self.root = Path(root)
+        self.keep_last_k = keep_last_k
+        self.mode = mode
+        self.best_value: float | None = None
+
+    def periodic(self) -> list[tuple[int, Path]]:
+        """(epoch, directory) of the periodic checkpoints, oldest first, by epoch number."""
+        if not self.root.exists():
+            return []
+        found = [(int(m.group(1)), p) for p in self.root.iterdir() if (m := EPOCH_DIR.match(p.name))]
+        return sorted(found)
+
+    def latest(self) -> Path | None:
+        periodic = self.periodic()
+        return periodic[-1][1] if periodic else None
+
+    def save_periodic(self, state: dict, epoch: int) -> Path:
+        directory = self.root / f"epoch_{epoch}"
+        save_state(state, directory)
+        for _, old in self.periodic()[: -self.keep_last_k or None]:
+            shutil.rmtree(old, ignore_errors=True)
+        return directory
+
+    def is_better(self, value: float) -> bool:
+        if value != value:  # NaN is never better
+            return False
+        if self.best_value is None:
+            return True
+        return value < self.best_value if self.mode == "min" else value > self.best_value
+
+    def save_best(self, state: dict, value: float) -> Path:
+        self.best_value = float(value)
+        directory = self.root / "best"
+        save_state(state, directory)
+        atomic_write_text(directory / "best.json", json.dumps({"epoch": state["epoch"], "value": value}))
+        return directory

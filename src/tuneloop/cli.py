@@ -1,0 +1,84 @@
+"""The `tuneloop` command: train, validate (sweep, resume and report arrive with their issues)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tuneloop.errors import EXIT_USER_ERROR, UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors exit 2 with one line (no usage dump)."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _add_experiment(parser) -> None:
+    parser.add_argument("experiment", help="experiment YAML file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a dotted key, value parsed as YAML (repeatable)")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tuneloop", description="Ray Tune + Optuna sweeps for PyTorch")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="one run of the experiment's RunConfig, no Tune")
+    _add_experiment(train)
+    train.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: run.device)")
+    train.add_argument("--output", type=Path, help="run directory (default: STORAGE/NAME/train_TIMESTAMP)")
+
+    validate = commands.add_parser("validate", help="check the file, imports and one training batch")
+    _add_experiment(validate)
+    validate.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: run.device)")
+    return parser
+
+
+def cmd_train(args) -> int:
+    from tuneloop import run
+    from tuneloop.config import check_imports, load_experiment
+
+    cfg = load_experiment(args.experiment, args.overrides)
+    check_imports(cfg, file=args.experiment)
+    run_dir = args.output or run.default_run_dir(cfg)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError("the run directory must be new or empty", key="--output", value=str(run_dir))
+    result = run.train(cfg, file=args.experiment, run_dir=run_dir, device=args.device)
+    best = f"{result.best_val_loss:.6g} at epoch {result.best_epoch}" if result.best_epoch is not None else "none"
+    stop = f" (stopped: {result.stop_reason})" if result.stop_reason else ""
+    print(f"final val_loss {result.final_val_loss:.6g}, best val_loss {best}, "
+          f"{result.epochs_trained} epochs{stop}; results in {result.run_dir}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from tuneloop import run
+    from tuneloop.config import check_imports, load_experiment
+
+    cfg = load_experiment(args.experiment, args.overrides)
+    check_imports(cfg, file=args.experiment)
+    report = run.preflight(cfg, file=args.experiment, device=args.device)
+    print(f"{args.experiment}: valid. One batch on {report['device']}: input {report['input_shape']} → "
+          f"output {report['output_shape']}, target {report['target_shape']}, loss {report['loss']:.4g}; "
+          f"{report['train_samples']} train / {report['val_samples']} val samples, "
+          f"{report['parameters']} parameters; search space: {len(cfg.sweep.search_space)} parameter(s)")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "validate": cmd_validate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = make_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,505 @@
+"""The typed experiment schema (`run` + `sweep`), YAML 1.2 loading, `--set` overrides and checks.
+
+`load_experiment(path, overrides)` returns a validated `ExperimentConfig` or raises a
+`UserError` naming file, key path, rule, value and valid choices. `check_imports(cfg)`
+resolves every import path and checks keyword arguments against the signatures.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt,
+                      PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator)
+
+from tuneloop.errors import UserError, Verbatim
+from tuneloop.metrics import BUILTIN as BUILTIN_METRICS
+
+IMPORT_PATH = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$"
+ImportPath = Annotated[str, Field(pattern=IMPORT_PATH)]
+SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt", "pfl")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# --- run: what one trial trains -----------------------------------------------------------
+
+class EarlyStoppingConfig(Strict):
+    enabled: bool = True
+    patience: PositiveInt = 20
+    mode: Literal["min", "max"] = "min"
+    min_delta: NonNegativeFloat = 1e-4
+    monitor: str = "val_loss"
+
+
+class CheckpointConfig(Strict):
+    enabled: bool = True
+    save_every_n_epochs: PositiveInt = 1
+    keep_last_k: PositiveInt = 3
+    monitor: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+
+
+class GradientMonitorConfig(Strict):
+    enabled: bool = True
+    warn_threshold: PositiveFloat = 1e4
+
+
+class OverfitConfig(Strict):
+    enabled: bool = True
+    warmup_epochs: NonNegativeInt = 5
+    window_size: PositiveInt = 5
+
+
+class WandbConfig(Strict):
+    enabled: bool = False
+    project: str = "tuneloop"
+    entity: str | None = None
+    mode: Literal["offline", "online"] = "offline"
+    tags: list[str] = []
+
+
+class CallbackSpec(BaseModel):
+    """A user callback: `{class: my.module.MyCallback, **kwargs}`."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    class_: ImportPath = Field(alias="class")
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.model_extra or {})
+
+
+class RunConfig(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    data: ImportPath
+    data_config: dict[str, Any] = {}
+    net: ImportPath
+    net_config: dict[str, Any] = {}
+    optimizer: ImportPath
+    optimizer_config: dict[str, Any] = {}
+    scheduler: ImportPath | None = None
+    scheduler_config: dict[str, Any] = {}
+    criterion: ImportPath = "torch.nn.CrossEntropyLoss"
+    criterion_config: dict[str, Any] = {}
+    metrics: list[str] = []
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    val_batch_size: PositiveInt = 1024
+    seed: int = 0
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")] = "auto"
+    early_stopping_config: EarlyStoppingConfig = EarlyStoppingConfig()
+    checkpoint_config: CheckpointConfig = CheckpointConfig()
+    gradient_monitor_config: GradientMonitorConfig = GradientMonitorConfig()
+    overfit_config: OverfitConfig = OverfitConfig()
+    wandb_config: WandbConfig = WandbConfig()
+    callbacks: list[CallbackSpec] = []
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_named(cls, metrics: list[str]) -> list[str]:
+        for name in metrics:
+            if name not in BUILTIN_METRICS and not re.match(IMPORT_PATH, name):
+                raise ValueError(f"a metric must be a built-in name or an import path; valid choices: "
+                                 f"{', '.join(BUILTIN_METRICS)}, or package.module.function, but got {name!r}")
+        return metrics
+
+    def metric_keys(self) -> list[str]:
+        """Names of the reported metrics that a sweep or a monitor may use."""
+        return ["val_loss", "train_loss"] + [f"val_{m.rsplit('.', 1)[-1]}" for m in self.metrics]
+
+    @model_validator(mode="after")
+    def _monitors_exist(self) -> "RunConfig":
+        keys = self.metric_keys()
+        for section in ("early_stopping_config", "checkpoint_config"):
+            monitor = getattr(self, section).monitor
+            if monitor not in keys:
+                raise _KeyedError(f"{section}.monitor", "must name a reported metric", monitor, keys)
+        return self
+
+
+# --- sweep: how Ray Tune searches ---------------------------------------------------------
+
+class FloatParam(Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _range(self):
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+
+class IntParam(Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _range(self):
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+
+class CategoricalParam(Strict):
+    type: Literal["categorical"]
+    choices: list[Any]
+
+    @field_validator("choices")
+    @classmethod
+    def _choices(cls, choices: list[Any]) -> list[Any]:
+        if not choices:
+            raise ValueError("at least one choice must be given, but got []")
+        kinds = {_kind(c) for c in choices}
+        if len(kinds) > 1:
+            raise ValueError(f"choices must all be of one type, but got types {sorted(kinds)} in {choices}")
+        if len({repr(c) for c in choices}) != len(choices):
+            raise ValueError(f"choices must be distinct, but got {choices}")
+        return choices
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
+
+
+def _check_range(low, high, log, step) -> None:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"low and high must be finite, but got low={low}, high={high}")
+    if not low < high:
+        raise ValueError(f"low < high must hold, but got low={low}, high={high}")
+    if log and low <= 0:
+        raise ValueError(f"low > 0 must hold when log is true, but got low={low}")
+    if log and step is not None:
+        raise ValueError(f"log and step cannot be used together, but got log=true, step={step}")
+
+
+Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+PARAM_TYPES = {"float": FloatParam, "int": IntParam, "categorical": CategoricalParam}
+
+
+class SamplerConfig(BaseModel):
+    """`optuna.samplers.<name>(**rest)`."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "TPESampler"
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.model_extra or {})
+
+
+class SchedulerConfig(BaseModel):
+    """A trial scheduler by name with its keyword arguments."""
+
+    model_config = ConfigDict(extra="allow")
+    name: Literal[SCHEDULERS] = "asha"
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.model_extra or {})
+
+
+class ResourcesConfig(Strict):
+    cpu: PositiveFloat = 1
+    gpu: NonNegativeFloat = 0
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, gpu: float) -> float:
+        if gpu > 1 and gpu != int(gpu):
+            raise ValueError(f"a gpu share above 1 must be a whole number, but got {gpu}")
+        return gpu
+
+
+class SweepConfig(Strict):
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    num_samples: PositiveInt = 16
+    max_concurrent_trials: PositiveInt = 2
+    sampler: SamplerConfig = SamplerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    resources_per_trial: ResourcesConfig = ResourcesConfig()
+    storage_path: str = "./results"
+    optuna_storage: str | None = None
+    max_failures: NonNegativeInt = 2
+    search_space: dict[str, Param] = {}
+
+
+class ExperimentConfig(Strict):
+    run: RunConfig
+    sweep: SweepConfig = SweepConfig()
+
+    @model_validator(mode="after")
+    def _sweep_refers_to_run(self) -> "ExperimentConfig":
+        keys = self.run.metric_keys()
+        if self.sweep.metric not in keys:
+            raise _KeyedError("sweep.metric", "must name a reported metric", self.sweep.metric, keys)
+        for dotted in self.sweep.search_space:
+            _check_run_key(self.run, dotted)
+        return self
+
+
+def _check_run_key(run: RunConfig, dotted: str) -> None:
+    """A search-space key must reach a field of `run` (free-form `*_config` dicts take any sub-key)."""
+    key = f"sweep.search_space.{dotted}"
+    head, _, rest = dotted.partition(".")
+    fields = [f for f in RunConfig.model_fields if f not in ("name", "callbacks")]
+    if head not in fields:
+        raise _KeyedError(key, "must be a dotted path into run", dotted, fields)
+    value = getattr(run, head)
+    if isinstance(value, BaseModel):
+        sub = list(type(value).model_fields)
+        if rest not in sub:
+            raise _KeyedError(key, f"run.{head} has no key {rest!r}", dotted, [f"{head}.{s}" for s in sub])
+    elif rest and not isinstance(value, dict):
+        raise _KeyedError(key, f"run.{head} is not a mapping", dotted, fields)
+    elif not rest and isinstance(value, dict):
+        raise _KeyedError(key, f"run.{head} is a mapping: name one of its keys", dotted,
+                          [f"{head}.{k}" for k in value])
+
+
+class _KeyedError(ValueError):
+    """A validation failure that knows its own key path (raised inside model validators)."""
+
+    def __init__(self, key: str, rule: str, value: Any, choices=None):
+        self.key, self.rule, self.value, self.choices = key, rule, value, choices
+        super().__init__(f"{rule}, but got {value!r}")
+
+
+# --- YAML 1.2 numbers --------------------------------------------------------------------
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader that reads numbers as YAML 1.2 does (`1e-3`, `1e4` are floats) and refuses duplicate keys."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:map", lambda l, n: _construct_mapping(l, n, deep=True))
+
+
+def parse_yaml(text: str, *, file: str | None = None) -> Any:
+    """YAML text → Python objects, with YAML 1.2 numbers; malformed YAML is a UserError."""
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UserError(f"is not valid YAML ({problem} at {where})", file=file) from None
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+# --- overrides ---------------------------------------------------------------------------
+
+def apply_override(raw: dict, assignment: str, *, file: str) -> str:
+    """Apply `dotted.key=value` (value parsed as YAML) to `raw` in place; return the key."""
+    key, sep, text = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError("--set takes KEY=VALUE with a dotted key", file=file, key="--set", value=assignment,
+                        choices=["run.epochs=5", "sweep.num_samples=4"])
+    value = parse_yaml(text, file=f"--set {assignment}") if text.strip() else None
+    parts = _override_path(key)
+    node = raw
+    for index, part in enumerate(parts[:-1]):
+        child = node.get(part) if isinstance(node, dict) else None
+        if child is None:
+            child = node.setdefault(part, {}) if isinstance(node, dict) else None
+        if not isinstance(child, dict):
+            raise UserError("--set can only descend into mappings", file=file,
+                            key=".".join(parts[: index + 1]), value=child, origin=f"--set {assignment}")
+        node = child
+    node[parts[-1]] = value
+    return key
+
+
+PARAM_FIELDS = ("type", "low", "high", "log", "step", "choices")
+
+
+def _override_path(key: str) -> list[str]:
+    """Split a dotted key; search-space keys are dotted themselves (`…search_space.<key>[.<field>]`)."""
+    prefix = "sweep.search_space."
+    if not key.startswith(prefix) or key == prefix:
+        return key.split(".")
+    param, _, field = key[len(prefix):].rpartition(".")
+    if field in PARAM_FIELDS and param:
+        return ["sweep", "search_space", param, field]
+    return ["sweep", "search_space", key[len(prefix):]]
+
+
+# --- loading -----------------------------------------------------------------------------
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read, override and validate an experiment file; raise UserError on any mistake."""
+    file = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise UserError("experiment file does not exist", file=file) from None
+    except OSError as exc:
+        raise UserError(f"cannot read experiment file ({exc.strerror})", file=file) from None
+    raw = parse_yaml(text, file=file)
+    if not isinstance(raw, dict):
+        raise UserError("an experiment file must be a mapping with keys run and sweep", file=file,
+                        value=type(raw).__name__, choices=["run", "sweep"])
+    overridden = {apply_override(raw, assignment, file=file): assignment for assignment in overrides}
+    return validate_experiment(raw, file=file, overridden=overridden)
+
+
+def validate_experiment(raw: dict, *, file: str, overridden: dict[str, str] | None = None) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        error = _translate(exc.errors()[0], file=file)
+        for key, assignment in (overridden or {}).items():
+            if error.key and (error.key == key or error.key.startswith(key + ".")
+                              or key.startswith(error.key + ".")):
+                error.at(origin=f"--set {assignment}")
+        raise error from None
+
+
+def _translate(error: dict, *, file: str) -> UserError:
+    """One pydantic error → a UserError with key path, rule, value and choices."""
+    context = error.get("ctx") or {}
+    raised = context.get("error")
+    if isinstance(raised, _KeyedError):  # its key is relative to the model that raised it
+        key = ".".join([*map(str, error["loc"]), raised.key])
+        return UserError(raised.rule, file=file, key=key, value=raised.value, choices=raised.choices)
+    loc = _clean_loc(error["loc"])
+    key = ".".join(str(part) for part in loc)
+    kind, value = error["type"], error.get("input", ...)
+    if kind == "extra_forbidden":
+        return UserError("unknown key", file=file, key=key, value=loc[-1], choices=_fields_at(error["loc"][:-1]))
+    if kind == "missing":
+        return UserError("required key is missing", file=file, key=key)
+    if kind == "literal_error":
+        expected = context.get("expected", "")
+        return UserError("must be one of the valid choices", file=file, key=key, value=value,
+                         choices=re.findall(r"'([^']*)'", expected) or [expected])
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tags = re.findall(r"'([^']*)'", str(context.get("expected_tags", "")))
+        return UserError("type must be one of the valid choices", file=file, key=f"{key}.type",
+                         value=context.get("tag", ...), choices=tags)
+    if kind == "string_pattern_mismatch" and context.get("pattern") == IMPORT_PATH:
+        return UserError("must be an import path like package.module.Name", file=file, key=key, value=value)
+    if kind == "value_error":
+        message = str(raised) if raised is not None else error["msg"]
+        rule, _, got = message.partition(", but got ")
+        return UserError(rule, file=file, key=key, value=Verbatim(got) if got else value)
+    if kind in RULES:
+        return UserError(RULES[kind].format(**context), file=file, key=key, value=value)
+    rule = error["msg"][0].lower() + error["msg"][1:]
+    return UserError(rule, file=file, key=key, value=value)
+
+
+RULES = {  # pydantic error type → the rule as we state it
+    "int_parsing": "must be an integer", "int_type": "must be an integer",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number", "float_type": "must be a number",
+    "bool_parsing": "must be true or false", "bool_type": "must be true or false",
+    "string_type": "must be a string", "dict_type": "must be a mapping", "list_type": "must be a list",
+    "model_type": "must be a mapping", "model_attributes_type": "must be a mapping",
+    "greater_than": "must be > {gt}", "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}", "less_than_equal": "must be <= {le}",
+    "string_pattern_mismatch": "must match the pattern {pattern}",
+    "finite_number": "must be a finite number",
+}
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """Drop pydantic's union-tag element after a search-space key (…, 'lr', 'float', 'low')."""
+    loc = list(loc)
+    if len(loc) >= 4 and loc[:2] == ["sweep", "search_space"] and loc[3] in ("float", "int", "categorical"):
+        del loc[3]
+    return tuple(loc)
+
+
+def _fields_at(loc: tuple) -> list[str] | None:
+    """Valid keys of the schema model found at `loc`, for 'unknown key' messages."""
+    if len(loc) == 4 and loc[:2] == ("sweep", "search_space"):
+        return list(PARAM_TYPES[loc[3]].model_fields)
+    model: Any = ExperimentConfig
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        model = next((a for a in getattr(annotation, "__args__", (annotation,))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return list(model.model_fields) if model is not None else None
+
+
+# --- import paths and keyword arguments -----------------------------------------------------
+
+def _space_keys(cfg: ExperimentConfig, section: str) -> list[str]:
+    """Sub-keys of `run.<section>` that the search space sets (they are kwargs too)."""
+    prefix = f"{section}."
+    return [k[len(prefix):] for k in cfg.sweep.search_space if k.startswith(prefix)]
+
+
+def check_imports(cfg: ExperimentConfig, *, file: str) -> dict[str, Any]:
+    """Resolve every import path of `run`, check keyword arguments (search-space keys included)
+    and the sampler; return the resolved objects. Runs the user's modules, like a Python script."""
+    from tuneloop.importing import resolve_run
+
+    sections = ("data_config", "net_config", "optimizer_config", "scheduler_config", "criterion_config")
+    try:
+        resolved = resolve_run(cfg.run, extra_keys={s: _space_keys(cfg, s) for s in sections})
+        _check_sampler(cfg)
+        return resolved
+    except UserError as error:
+        raise error.at(file=file) from None
+
+
+def _check_sampler(cfg: ExperimentConfig) -> None:
+    import optuna
+    from tuneloop.importing import check_kwargs
+
+    sampler = cfg.sweep.sampler
+    valid = sorted(n for n in dir(optuna.samplers) if n.endswith("Sampler") and n != "BaseSampler")
+    if sampler.name not in valid:
+        raise UserError("must name a sampler class of optuna.samplers", key="sweep.sampler.name",
+                        value=sampler.name, choices=valid)
+    check_kwargs(getattr(optuna.samplers, sampler.name), sampler.kwargs, key="sweep.sampler",
+                 path=f"optuna.samplers.{sampler.name}", check_required=False)

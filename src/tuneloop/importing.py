@@ -1,0 +1,116 @@
+"""Resolving import paths from experiment files and checking keyword arguments against signatures.
+
+Import paths in an experiment file run code when resolved, exactly like a Python script would.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Callable, Iterable
+
+from tuneloop.errors import UserError
+
+
+def resolve(path: str, *, key: str) -> Any:
+    """The object at `package.module.Name[.attr]`, or a UserError naming `key`."""
+    parts = path.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:split])
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+                continue  # a shorter prefix may be the module
+            raise UserError(f"importing {module_name} failed: {exc}", key=key, value=path) from None
+        except Exception as exc:  # the user's module raised while importing
+            raise UserError(f"importing {module_name} raised {type(exc).__name__}: {exc}",
+                            key=key, value=path) from None
+        obj = module
+        for index, part in enumerate(parts[split:], start=split):
+            if not hasattr(obj, part):
+                public = sorted(n for n in dir(obj) if not n.startswith("_"))
+                raise UserError(f"{'.'.join(parts[:index])} has no attribute {part!r}", key=key,
+                                value=path, choices=public if len(public) <= 60 else None)
+            obj = getattr(obj, part)
+        return obj
+    raise UserError(f"must be an importable path like package.module.Name (no module named "
+                    f"{parts[0]!r})", key=key, value=path)
+
+
+def accepted_kwargs(fn: Callable) -> tuple[list[str], list[str], bool]:
+    """(all keyword names, required keyword names, takes **kwargs) of a callable or class."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return [], [], True
+    names, required, var_kw = [], [], False
+    for param in signature.parameters.values():
+        if param.kind is param.VAR_KEYWORD:
+            var_kw = True
+        elif param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            names.append(param.name)
+            if param.default is param.empty:
+                required.append(param.name)
+    return names, required, var_kw
+
+
+def check_kwargs(fn: Callable, kwargs: Iterable[str], *, key: str, path: str,
+                 supplied: Iterable[str] = (), check_required: bool = True, strict: bool = False) -> None:
+    """Every name in `kwargs` is a keyword argument of `fn`; required ones are given.
+
+    `supplied` names are passed by tuneloop itself (e.g. an optimizer's `params`). With
+    `strict`, a `**kwargs` catch-all beside named arguments does not admit other names
+    (pytorch_optimizer's optimizers take `**kwargs` and silently drop typos).
+    """
+    names, required, var_kw = accepted_kwargs(fn)
+    if strict and var_kw and any(n not in supplied and n != "self" for n in names):
+        var_kw = False
+    supplied = set(supplied)
+    valid = [n for n in names if n not in supplied and n != "self"]
+    for name in kwargs:
+        if name not in names and not var_kw:
+            if not valid:
+                raise UserError(f"{path} takes no keyword arguments", key=f"{key}.{name}", value=name)
+            raise UserError(f"unknown keyword argument of {path}", key=f"{key}.{name}", value=name,
+                            choices=valid)
+    if check_required:
+        missing = [n for n in required if n not in supplied and n not in set(kwargs) and n != "self"]
+        if missing:
+            raise UserError(f"{path} requires keyword argument(s) {', '.join(missing)}", key=key,
+                            value=dict.fromkeys(kwargs, "...") or {})
+
+
+# (section, arguments tuneloop passes itself, library code whose **kwargs must not hide typos)
+RUN_SECTIONS = (("data", (), False), ("net", (), False), ("optimizer", ("params",), True),
+                ("scheduler", ("optimizer",), True), ("criterion", (), True))
+
+
+def resolve_run(run, *, extra_keys: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Resolve the import paths of a RunConfig and check their keyword arguments.
+
+    Returns {"data", "net", "optimizer", "scheduler", "criterion": callables, "metrics": {name: fn},
+    "callbacks": [classes]}. `extra_keys[section]` are keyword names set later (by a search space).
+    """
+    from tuneloop.metrics import BUILTIN
+
+    extra_keys = extra_keys or {}
+    resolved: dict[str, Any] = {"scheduler": None}
+    for section, supplied, strict in RUN_SECTIONS:
+        path = getattr(run, section)
+        if path is None:
+            continue
+        obj = resolve(path, key=f"run.{section}")
+        if not callable(obj):
+            raise UserError("must name a class or function", key=f"run.{section}", value=path)
+        kwargs = list(getattr(run, f"{section}_config")) + list(extra_keys.get(f"{section}_config", ()))
+        check_kwargs(obj, kwargs, key=f"run.{section}_config", path=path, supplied=supplied, strict=strict)
+        resolved[section] = obj
+    resolved["metrics"] = {name.rsplit(".", 1)[-1]: BUILTIN.get(name) or resolve(name, key="run.metrics")
+                           for name in run.metrics}
+    resolved["callbacks"] = []
+    for index, spec in enumerate(run.callbacks):
+        cls = resolve(spec.class_, key=f"run.callbacks.{index}.class")
+        check_kwargs(cls, spec.kwargs, key=f"run.callbacks.{index}", path=spec.class_)
+        resolved["callbacks"].append(cls)
+    return resolved

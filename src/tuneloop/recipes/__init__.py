@@ -1,0 +1,1 @@
+"""Ready-made data loaders and models for the example experiments."""

@@ -1,0 +1,61 @@
+"""The `sweep.search_space` section as Optuna distributions and Tune domains, and applying a
+trial's parameters (dotted paths) onto the `run` section."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import optuna
+
+from tuneloop.config import CategoricalParam, FloatParam, IntParam
+
+
+def to_optuna(space: dict) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Each parameter as an Optuna distribution (float/int with log and step, categorical)."""
+    distributions = {}
+    for key, param in space.items():
+        if isinstance(param, FloatParam):
+            distributions[key] = optuna.distributions.FloatDistribution(
+                param.low, param.high, log=param.log, step=param.step)
+        elif isinstance(param, IntParam):
+            distributions[key] = optuna.distributions.IntDistribution(
+                param.low, param.high, log=param.log, step=param.step or 1)
+        elif isinstance(param, CategoricalParam):
+            distributions[key] = optuna.distributions.CategoricalDistribution(param.choices)
+        else:  # pragma: no cover - the schema admits only the three kinds
+            raise TypeError(f"unknown parameter kind {type(param).__name__}")
+    return distributions
+
+
+def to_tune(space: dict) -> dict[str, Any]:
+    """Each parameter as a Ray Tune domain (for schedulers that mutate configs, like PBT)."""
+    from ray import tune
+
+    domains = {}
+    for key, param in space.items():
+        if isinstance(param, CategoricalParam):
+            domains[key] = tune.choice(param.choices)
+        elif isinstance(param, FloatParam):
+            if param.step is not None:
+                domains[key] = tune.quniform(param.low, param.high, param.step)
+            else:
+                domains[key] = (tune.loguniform if param.log else tune.uniform)(param.low, param.high)
+        else:
+            if param.log:
+                domains[key] = tune.lograndint(param.low, param.high + 1)
+            else:
+                domains[key] = tune.qrandint(param.low, param.high, param.step or 1)
+    return domains
+
+
+def apply_params(run: dict, params: dict[str, Any]) -> dict:
+    """A copy of the `run` mapping with each dotted key of `params` set (e.g. `optimizer_config.lr`)."""
+    run = copy.deepcopy(run)
+    for dotted, value in params.items():
+        node = run
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return run
