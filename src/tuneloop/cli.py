@@ -1,4 +1,4 @@
-"""The `tuneloop` command: train, validate (sweep, resume and report arrive with their issues)."""
+"""The `tuneloop` command: sweep, train, validate."""
 
 from __future__ import annotations
 
@@ -31,6 +31,13 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: run.device)")
     train.add_argument("--output", type=Path, help="run directory (default: STORAGE/NAME/train_TIMESTAMP)")
 
+    sweep = commands.add_parser("sweep", help="run the experiment's sweep on Ray Tune")
+    _add_experiment(sweep)
+    sweep.add_argument("--address", help="Ray cluster to join (`auto` on a cluster node; default: embedded local Ray)")
+    sweep.add_argument("--quiet", action="store_true", help="no live progress table (for CI logs)")
+    sweep.add_argument("--overwrite", action="store_true",
+                       help="delete an existing experiment directory first (default: refuse)")
+
     validate = commands.add_parser("validate", help="check the file, imports and one training batch")
     _add_experiment(validate)
     validate.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: run.device)")
@@ -54,6 +61,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from tuneloop.config import check_imports, load_experiment
+    from tuneloop.sweep import run_sweep
+
+    cfg = load_experiment(args.experiment, args.overrides)
+    check_imports(cfg, file=args.experiment)
+    return run_sweep(cfg, file=args.experiment, address=args.address, quiet=args.quiet, overwrite=args.overwrite)
+
+
 def cmd_validate(args) -> int:
     from tuneloop import run
     from tuneloop.config import check_imports, load_experiment
@@ -68,7 +84,7 @@ def cmd_validate(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "validate": cmd_validate}
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "validate": cmd_validate}
 
 
 def main(argv: list[str] | None = None) -> int:

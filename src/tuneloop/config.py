@@ -487,6 +487,7 @@ def check_imports(cfg: ExperimentConfig, *, file: str) -> dict[str, Any]:
     try:
         resolved = resolve_run(cfg.run, extra_keys={s: _space_keys(cfg, s) for s in sections})
         _check_sampler(cfg)
+        _check_scheduler(cfg)
         return resolved
     except UserError as error:
         raise error.at(file=file) from None
@@ -503,3 +504,24 @@ def _check_sampler(cfg: ExperimentConfig) -> None:
                         value=sampler.name, choices=valid)
     check_kwargs(getattr(optuna.samplers, sampler.name), sampler.kwargs, key="sweep.sampler",
                  path=f"optuna.samplers.{sampler.name}", check_required=False)
+
+
+def _check_scheduler(cfg: ExperimentConfig) -> None:
+    from tuneloop.importing import check_kwargs
+    from tuneloop.schedulers import SCHEDULERS
+
+    scheduler = cfg.sweep.scheduler
+    cls, reserved = SCHEDULERS[scheduler.name]
+    kwargs = dict(scheduler.kwargs)
+    for name in kwargs:
+        if name in reserved:
+            raise UserError("is set by tuneloop from the sweep section", key=f"sweep.scheduler.{name}",
+                            value=kwargs[name])
+    if scheduler.name == "pbt":
+        mutate = kwargs.pop("mutate", None) or []
+        for key in mutate:
+            if key not in cfg.sweep.search_space:
+                raise UserError("must name search-space keys", key="sweep.scheduler.mutate", value=key,
+                                choices=list(cfg.sweep.search_space))
+    check_kwargs(cls, kwargs, key="sweep.scheduler", path=f"{scheduler.name} scheduler ({cls.__name__})",
+                 supplied=reserved, check_required=False, strict=True)

@@ -9,6 +9,7 @@ the report; it passes through the Trainer (which still fires `on_train_end`).
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 from tuneloop.callbacks.base import TrainingCallback
@@ -18,18 +19,24 @@ class PrunerCallback(TrainingCallback):
     """Reports each epoch's metrics (and checkpoint, when one was written) through `report`.
 
     `report(metrics: dict, checkpoint_dir: str | None)` defaults to Ray Tune's `tune.report`;
-    it is only added to the callbacks inside a Tune trial.
+    it is only added to the callbacks inside a Tune trial. Besides the epoch record, each report
+    says whether this epoch is the trial's own end — `trial_done` (bool) and `done_reason`
+    ("complete" at the last epoch, or the stop reason: "early_stopping", "non_finite_loss", ...;
+    "" otherwise) — so the Optuna study can tell a trial that ended itself from a pruned one.
     """
 
     priority = 85
     hook_priority = {"on_epoch_end": 100}
 
-    def __init__(self, report: Callable[[dict, str | None], None] | None = None):
+    def __init__(self, report: Callable[[dict, str | None], None] | None = None, static: dict | None = None):
         self.report = report or _tune_report
+        self.static = dict(static or {})  # sent with every report (e.g. node id, pid, GPU ids)
         self.reports = 0
 
     def on_epoch_end(self, trainer, *, epoch, train_loss, val_loss, metrics, **kwargs):
         record = trainer.epoch_record(epoch, train_loss, val_loss, metrics)
+        reason = trainer.callbacks.stop_reason() or ("complete" if epoch == trainer.epochs - 1 else "")
+        record.update(self.static, trial_done=bool(reason), done_reason=reason, reported_at=time.time())
         self.reports += 1
         self.report(record, trainer._epoch_checkpoint)
 

@@ -1,0 +1,117 @@
+"""`TruthfulOptunaSearch`: Ray's OptunaSearch, but the Optuna study tells what really happened.
+
+Vanilla OptunaSearch tells scheduler-stopped trials COMPLETE with their last value and loses
+NaN trials. Here every trial ends in the study as:
+- COMPLETE with its last value — it ran to its last epoch or stopped itself (early stopping);
+- PRUNED with its intermediate values (the last one included) — a scheduler stopped it;
+- FAIL — it raised, or its loss went NaN/inf.
+Each report carries `trial_done` (its own end) set by PrunerCallback; Ray does not hand the
+result that triggered a STOP to `on_trial_result`, so the last value is reported on completion.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
+
+logger = logging.getLogger(__name__)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+OPTUNA_STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
+
+
+def outcome(result: dict | None, error: bool, metric: str) -> tuple[str, float | None]:
+    """(state, value to tell Optuna) of a finished trial from its last result.
+
+    failed: it raised, reported nothing, or its loss or metric is NaN/inf; complete: its last
+    report says it reached its own end (`trial_done`); pruned: stopped from outside.
+    """
+    value = (result or {}).get(metric)
+    if error or not result or not _finite(value) or not _finite(result.get("val_loss", 0.0)):
+        return "failed", None
+    if result.get("trial_done"):
+        return "complete", float(value)
+    return "pruned", None
+
+
+class TruthfulOptunaSearch(OptunaSearch):
+    """OptunaSearch with truthful trial states and intermediate values indexed by epoch."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._reported: dict[str, set[int]] = {}  # trial id → epochs told to Optuna
+        self._last: dict[str, dict] = {}  # trial id → last result seen (a paused trial completes without one)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._last[trial_id] = result
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict | None) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or not result or trial_id in self._completed_trials:
+            return
+        value, step = result.get(self.metric), result.get("epoch", result.get("training_iteration"))
+        if _finite(value) and step is not None:
+            reported = self._reported.setdefault(trial_id, set())
+            if int(step) not in reported:
+                ot_trial.report(float(value), int(step))
+                reported.add(int(step))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        result = result or self._last.pop(trial_id, None)
+        self._report(trial_id, result)
+        state, value = outcome(result, error, self.metric)
+        self._completed_trials.add(trial_id)
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], value, state=OPTUNA_STATES[state], skip_if_finished=True)
+        except RuntimeError as exc:
+            # GridSampler calls study.stop() once the grid is exhausted, which Optuna only allows
+            # inside optimize(); the trial's state was stored before that (Optuna's tell uses finally).
+            if "Study.stop" not in str(exc):
+                raise
+
+
+class StudyRecorder(Callback):
+    """A Tune callback that records finished trials into the Optuna study (used with PBT, which
+    runs without a searcher): params as the trial ended, intermediate values by epoch, true state."""
+
+    def __init__(self, storage, study_name: str, metric: str, mode: str, distributions: dict):
+        self.storage, self.study_name, self.mode = storage, study_name, mode
+        self.metric, self.distributions = metric, distributions
+        self.history: dict[str, dict[int, float]] = {}
+
+    def setup(self, **info):
+        optuna.create_study(storage=self.storage, study_name=self.study_name, load_if_exists=True,
+                            direction="minimize" if self.mode == "min" else "maximize")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if _finite(value):
+            self.history.setdefault(trial.trial_id, {})[int(result.get("epoch", 0))] = float(value)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._record(trial, error=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._record(trial, error=True)
+
+    def _record(self, trial, error: bool) -> None:
+        state, value = outcome(trial.last_result, error, self.metric)
+        params = {k: trial.config[k] for k in self.distributions if k in trial.config}
+        study = optuna.load_study(storage=self.storage, study_name=self.study_name)
+        study.add_trial(optuna.trial.create_trial(
+            state=OPTUNA_STATES[state], value=value, params=params,
+            distributions={k: self.distributions[k] for k in params},
+            intermediate_values=self.history.get(trial.trial_id, {}),
+            user_attrs={"tune_trial_id": trial.trial_id}))

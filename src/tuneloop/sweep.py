@@ -1,0 +1,215 @@
+"""`tuneloop sweep`: the Ray Tune `Tuner` built from the `sweep` section, run, and summarized.
+
+Experiment directory `<storage_path>/<run.name>/` holds Tune's files, one directory per trial
+(`trial_<id>/`), the Optuna study (`optuna.db`, unless `sweep.optuna_storage` names another
+SQLAlchemy URL), `experiment.yaml` (the validated experiment), `results.csv` and `best.yaml`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneloop.checkpointing import atomic_write_text
+from tuneloop.config import ExperimentConfig, dump_yaml
+from tuneloop.errors import UserError
+from tuneloop.search_space import apply_params
+
+STUDY_FILE = "optuna.db"
+EXPERIMENT_FILE = "experiment.yaml"
+
+
+PAUSING_SCHEDULERS = ("hyperband", "median", "pbt")  # they pause trials (or swap in checkpoints)
+
+
+def experiment_dir(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.sweep.storage_path).expanduser().resolve() / cfg.run.name
+
+
+def optuna_url(cfg: ExperimentConfig) -> str:
+    return cfg.sweep.optuna_storage or f"sqlite:///{experiment_dir(cfg) / STUDY_FILE}"
+
+
+def trial_dirname(trial) -> str:
+    """Short trial directory names (`trial_<id>`) instead of Tune's parameter-laden default."""
+    return f"trial_{trial.trial_id}"
+
+
+def trial_state(result: dict | None, error: bool) -> str:
+    """complete / pruned / failed, by the same rule the Optuna study is told."""
+    from tuneloop.searcher import outcome
+
+    return outcome(result, error, metric="val_loss")[0]
+
+
+def build_tuner(cfg: ExperimentConfig, *, quiet: bool = False):
+    """The Tuner for `cfg`: TruthfulOptunaSearch (or random search for PBT), the scheduler,
+    resources per trial, failure and checkpoint settings."""
+    import optuna
+    from ray import tune
+
+    from tuneloop.schedulers import build_scheduler
+    from tuneloop.search_space import to_optuna, to_tune
+    from tuneloop.searcher import StudyRecorder, TruthfulOptunaSearch
+    from tuneloop.trial import train_trial
+
+    sweep, run = cfg.sweep, cfg.run
+    directory = experiment_dir(cfg)
+    storage = optuna.storages.RDBStorage(optuna_url(cfg))
+    sampler = getattr(optuna.samplers, sweep.sampler.name)(**sweep.sampler.kwargs)
+    callbacks, param_space = [], {}
+    scheduler_kwargs = dict(sweep.scheduler.kwargs)
+    if sweep.scheduler.name == "pbt":
+        # PBT mutates running trials and refuses a search algorithm: random initial configs,
+        # and each finished trial is recorded in the Optuna study afterwards. It mutates the
+        # keys in `mutate` (default: the optimizer's), which must not change the model's shape.
+        mutate = scheduler_kwargs.pop("mutate", None) or [
+            k for k in sweep.search_space if k.startswith("optimizer_config.")]
+        searcher = None
+        param_space = to_tune(sweep.search_space)
+        mutations = to_tune({k: sweep.search_space[k] for k in mutate})
+        callbacks.append(StudyRecorder(storage, run.name, sweep.metric, sweep.mode, to_optuna(sweep.search_space)))
+    else:
+        searcher = TruthfulOptunaSearch(to_optuna(sweep.search_space), metric=sweep.metric, mode=sweep.mode,
+                                        sampler=sampler, study_name=run.name, storage=storage)
+        mutations = None
+    scheduler = build_scheduler(sweep.scheduler.name, scheduler_kwargs, metric=sweep.metric,
+                                mode=sweep.mode, epochs=run.epochs, mutations=mutations, state_dir=directory)
+    run_dict = run.model_dump(mode="json", by_alias=True)
+    if sweep.scheduler.name in PAUSING_SCHEDULERS:
+        # A paused trial continues from its last checkpoint: without one every epoch, the epochs
+        # after it would run twice. PBT also needs the checkpoint of the epoch it exploits.
+        run_dict["checkpoint_config"].update(enabled=True, save_every_n_epochs=1)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, run=run_dict, experiment=run.name),
+        {"cpu": sweep.resources_per_trial.cpu, "gpu": sweep.resources_per_trial.gpu})
+    tune_config = tune.TuneConfig(
+        search_alg=searcher, scheduler=scheduler, num_samples=sweep.num_samples,
+        max_concurrent_trials=sweep.max_concurrent_trials, reuse_actors=True,
+        trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname)
+    run_config = tune.RunConfig(
+        name=run.name, storage_path=str(directory.parent), callbacks=callbacks,
+        failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        verbose=0 if quiet else 1)
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    state: str
+    epochs: int
+    best_val_loss: float
+    last_metric: float
+    config: dict
+
+
+def summarize(cfg: ExperimentConfig, results) -> list[TrialRow]:
+    """One row per trial from Tune's ResultGrid."""
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        losses = history["val_loss"].tolist() if history is not None and "val_loss" in history else []
+        finite = [v for v in losses if isinstance(v, float) and math.isfinite(v)]
+        metrics = result.metrics or {}
+        rows.append(TrialRow(
+            trial_id=metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"),
+            state=trial_state(metrics, result.error is not None),
+            epochs=len(losses), best_val_loss=min(finite) if finite else math.inf,
+            last_metric=metrics.get(cfg.sweep.metric, math.nan), config=dict(result.config or {})))
+    return rows
+
+
+def best_row(cfg: ExperimentConfig, rows: list[TrialRow]) -> TrialRow | None:
+    """The completed (else pruned) trial with the best last value of the sweep metric."""
+    sign = 1 if cfg.sweep.mode == "min" else -1
+    for states in (("complete",), ("complete", "pruned")):
+        candidates = [r for r in rows if r.state in states and math.isfinite(r.last_metric)]
+        if candidates:
+            return min(candidates, key=lambda r: sign * r.last_metric)
+    return None
+
+
+def write_results(cfg: ExperimentConfig, rows: list[TrialRow], directory: Path) -> TrialRow | None:
+    """results.csv (one row per trial) and best.yaml (a complete experiment file for `tuneloop train`)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    keys = list(cfg.sweep.search_space)
+    writer.writerow(["trial_id", "state", "epochs", "best_val_loss", cfg.sweep.metric, *keys])
+    for r in rows:
+        writer.writerow([r.trial_id, r.state, r.epochs, r.best_val_loss, r.last_metric,
+                         *(r.config.get(k) for k in keys)])
+    atomic_write_text(directory / "results.csv", buffer.getvalue())
+    best = best_row(cfg, rows)
+    if best is not None:
+        experiment = cfg.model_dump(mode="json", by_alias=True)
+        experiment["run"] = apply_params(experiment["run"], {k: best.config[k] for k in keys if k in best.config})
+        header = (f"# Best trial {best.trial_id} of sweep {cfg.run.name}: {cfg.sweep.metric}="
+                  f"{best.last_metric:.6g} ({best.state}). Train it: tuneloop train best.yaml\n")
+        atomic_write_text(directory / "best.yaml", header + dump_yaml(experiment))
+    return best
+
+
+def print_table(cfg: ExperimentConfig, rows: list[TrialRow], best: TrialRow | None) -> None:
+    keys = list(cfg.sweep.search_space)
+    header = f"{'trial':<12} {'state':<9} {'epochs':>6} {'best val_loss':>13} {cfg.sweep.metric:>13}  config"
+    print(header)
+    order = sorted(rows, key=lambda r: r.trial_id)
+    for r in order:
+        config = " ".join(f"{k}={_short(r.config.get(k))}" for k in keys)
+        print(f"{r.trial_id:<12} {r.state:<9} {r.epochs:>6} {r.best_val_loss:>13.6g} {r.last_metric:>13.6g}  {config}")
+    counts = {s: sum(r.state == s for r in rows) for s in ("complete", "pruned", "failed")}
+    print(f"{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if best is not None:
+        print(f"best: trial {best.trial_id} {cfg.sweep.metric}={best.last_metric:.6g} "
+              + " ".join(f"{k}={_short(best.config.get(k))}" for k in keys))
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def ensure_ray(address: str | None) -> bool:
+    """Connect to `address` (or start an embedded local Ray); True when this call started Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, include_dashboard=False, log_to_driver=True,
+             configure_logging=True, logging_level="WARNING")
+    return True
+
+
+def run_sweep(cfg: ExperimentConfig, *, file: str, address: str | None = None, quiet: bool = False,
+              overwrite: bool = False) -> int:
+    """Run the sweep; print the table and the best config; return the exit status."""
+    directory = experiment_dir(cfg)
+    if directory.exists() and any(directory.iterdir()):
+        if not overwrite:
+            raise UserError("the experiment directory already exists; continue it with "
+                            f"`tuneloop resume {directory}` or start over with --overwrite",
+                            file=file, key="sweep.storage_path", value=str(directory))
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(directory / EXPERIMENT_FILE, dump_yaml(cfg.model_dump(mode="json", by_alias=True)))
+    import ray
+
+    started = ensure_ray(address)
+    try:
+        results = build_tuner(cfg, quiet=quiet).fit()
+    finally:
+        if started:
+            ray.shutdown()
+    rows = summarize(cfg, results)
+    best = write_results(cfg, rows, directory)
+    print_table(cfg, rows, best)
+    print(f"experiment directory: {directory}")
+    if rows and all(r.state == "failed" for r in rows):
+        print(f"error: all {len(rows)} trials failed; tracebacks in {directory}/trial_*/error.txt")
+        return 1
+    return 0

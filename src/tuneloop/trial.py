@@ -1,0 +1,97 @@
+"""The Tune trainable: one trial = one `Trainer.train` of the RunConfig with the trial's parameters.
+
+Runs inside a Ray worker. Reports go through PrunerCallback (one `tune.report` per epoch, with
+the epoch's checkpoint when due); a scheduler STOP arrives as SystemExit and ends the trial as
+pruned. With `reuse_actors=True` the same worker runs the next trial: everything this trial
+built is released (and the CUDA cache emptied) before it returns.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tuneloop.build import build_run
+from tuneloop.callbacks.pruner import PrunerCallback
+from tuneloop.checkpointing import load_state, restore_state
+from tuneloop.config import RunConfig
+from tuneloop.search_space import apply_params
+
+
+def trial_device() -> torch.device:
+    """`cuda` when Ray gave this trial a GPU (or a share of one) and CUDA works, else CPU."""
+    import ray
+
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def apply_hyperparameters(trainer, optimizer_config: dict) -> None:
+    """Put the trial's optimizer hyperparameters into the restored optimizer.
+
+    A restored optimizer state carries the hyperparameters it was saved with; after PBT clones
+    another trial's checkpoint, the trial's (mutated) config must win. `lr` is rescaled along
+    the LR schedule (param group and scheduler base LR by the ratio new/initial) so the schedule
+    stays in step; other keys are set as given. A plain resume changes nothing: the values match.
+    """
+    scheduler = trainer.scheduler
+    for index, group in enumerate(trainer.optimizer.param_groups):
+        for key, value in optimizer_config.items():
+            if key == "lr":
+                initial = group.get("initial_lr", group["lr"])
+                if initial and value != initial:
+                    group["lr"] = group["lr"] * value / initial
+                    if "initial_lr" in group:
+                        group["initial_lr"] = value
+                    if scheduler is not None and hasattr(scheduler, "base_lrs"):
+                        scheduler.base_lrs[index] = value
+            elif key in group and not isinstance(group[key], torch.Tensor):
+                group[key] = value
+
+
+def train_trial(config: dict, *, run: dict, experiment: str) -> None:
+    """Train `run` with the trial's `config` (dotted keys into `run`) applied."""
+    import ray
+    from ray import tune
+
+    context = tune.get_context()
+    run_cfg = RunConfig.model_validate(apply_params(run, config))
+    cpus = context.get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    device = trial_device()
+    gpu_ids = ",".join(str(i) for i in ray.get_gpu_ids())
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "gpu_ids": gpu_ids,
+             "device": str(device), "started_at": time.time()}
+    print(f"[tuneloop] trial {context.get_trial_id()} on {device} (gpu ids [{gpu_ids}], "
+          f"{torch.get_num_threads()} threads): {config}", flush=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"tuneloop-{context.get_trial_id()}-"))
+    try:
+        run_parts = build_run(
+            run_cfg, device=device, checkpoint_dir=scratch, keep_best=False,
+            extra_callbacks=[PrunerCallback(static=where)],
+            wandb_init={"group": experiment, "id": context.get_trial_id(), "name": context.get_trial_name(),
+                        "dir": context.get_trial_dir(), "config": {**config, "experiment": experiment}},
+        )
+        start_epoch = 0
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                state = load_state(directory, map_location=device)
+            start_epoch = restore_state(run_parts.trainer, state)
+            apply_hyperparameters(run_parts.trainer, run_cfg.optimizer_config)
+            print(f"[tuneloop] resumed from the checkpoint of epoch {start_epoch - 1}", flush=True)
+        run_parts.trainer.train(run_parts.train_loader, run_parts.val_loader, run_cfg.epochs, start_epoch)
+    finally:
+        run_parts = None  # release model, optimizer and data before the actor is reused
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        shutil.rmtree(scratch, ignore_errors=True)
+

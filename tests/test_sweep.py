@@ -1,0 +1,193 @@
+"""`tuneloop sweep` on a real local Ray (2 CPUs) with a real Optuna SQLite study."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from tuneloop import cli
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def probe_experiment(tmp_path: Path, *, epochs: int = 4, **sweep) -> dict:
+    """A fast experiment on tests/support/tl_testing.py: 4 epochs of a tiny MLP on blobs."""
+    experiment = {
+        "run": {"name": "probe", "data": "tl_testing.blobs", "net": "tl_testing.Probe",
+                "net_config": {"hidden": 16}, "optimizer": "torch.optim.AdamW", "optimizer_config": {"lr": 0.01},
+                "criterion": "torch.nn.CrossEntropyLoss", "metrics": ["accuracy"], "epochs": epochs,
+                "batch_size": 32, "seed": 0, "checkpoint_config": {"save_every_n_epochs": 2}},
+        "sweep": {"num_samples": 4, "max_concurrent_trials": 2, "storage_path": str(tmp_path / "results"),
+                  "scheduler": {"name": "fifo"}, "sampler": {"name": "RandomSampler", "seed": 0},
+                  "max_failures": 0,
+                  "search_space": {"optimizer_config.lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}}},
+    }
+    experiment["sweep"].update(sweep)
+    return experiment
+
+
+def run_sweep(tmp_path: Path, experiment: dict, *extra: str) -> tuple[int, Path]:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    status = cli.main(["sweep", str(path), "--quiet", *extra])
+    return status, tmp_path / "results" / experiment["run"]["name"]
+
+
+def study_of(directory: Path, name: str = "probe") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{directory / 'optuna.db'}")
+
+
+def trial_rows(directory: Path) -> dict[str, list[dict]]:
+    """Tune's result.json rows per trial directory."""
+    rows = {}
+    for trial_dir in sorted(directory.glob("trial_*")):
+        text = (trial_dir / "result.json").read_text() if (trial_dir / "result.json").exists() else ""
+        rows[trial_dir.name] = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return rows
+
+
+def test_study_states_complete_and_failed(tmp_path, capsys):
+    experiment = probe_experiment(
+        tmp_path, num_samples=3,
+        sampler={"name": "GridSampler", "seed": 0, "search_space": {"net_config.mode": ["ok", "nan", "raise"]}},
+        search_space={"net_config.mode": {"type": "categorical", "choices": ["ok", "nan", "raise"]}})
+    status, directory = run_sweep(tmp_path, experiment)
+    out = capsys.readouterr().out
+    assert status == 0
+    trials = study_of(directory).trials
+    assert len(trials) == 3
+    by_mode = {t.params["net_config.mode"]: t for t in trials}
+    assert by_mode["ok"].state == optuna.trial.TrialState.COMPLETE
+    assert by_mode["nan"].state == optuna.trial.TrialState.FAIL
+    assert by_mode["raise"].state == optuna.trial.TrialState.FAIL
+    ok_rows = next(r for r in trial_rows(directory).values() if r and r[0]["config"]["net_config.mode"] == "ok")
+    assert [r["epoch"] for r in ok_rows] == [0, 1, 2, 3]
+    assert by_mode["ok"].value == ok_rows[-1]["val_loss"]
+    assert by_mode["ok"].intermediate_values == {r["epoch"]: r["val_loss"] for r in ok_rows}
+    nan_rows = next(r for r in trial_rows(directory).values() if r and r[0]["config"]["net_config.mode"] == "nan")
+    assert len(nan_rows) == 1 and nan_rows[0]["done_reason"] == "non_finite_loss"  # stopped after one epoch
+    errors = list(directory.glob("trial_*/error.txt"))
+    assert len(errors) == 1 and "forward failed on purpose" in errors[0].read_text()
+    assert "1 complete, 0 pruned, 2 failed" in out
+    # best.yaml is a complete experiment file that `tuneloop train` runs as is
+    best = yaml.safe_load((directory / "best.yaml").read_text())
+    assert best["run"]["net_config"]["mode"] == "ok"
+    assert cli.main(["train", str(directory / "best.yaml"), "--set", "run.epochs=1",
+                     "--output", str(tmp_path / "best_run")]) == 0
+    # a second sweep into the same directory is refused before anything runs
+    assert run_sweep(tmp_path, experiment)[0] == 2
+    assert "tuneloop resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("metric, mode", [("val_loss", "min"), ("val_accuracy", "max")])
+def test_scheduler_stopped_trials_are_pruned_with_their_values(tmp_path, metric, mode):
+    experiment = probe_experiment(
+        tmp_path, num_samples=6, max_concurrent_trials=1, metric=metric, mode=mode,
+        scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
+        sampler={"name": "RandomSampler", "seed": 6},  # lr sequence: good, good, bad, good, bad, bad
+        search_space={"optimizer_config.lr": {"type": "categorical", "choices": [0.05, 0.00001]}})
+    status, directory = run_sweep(tmp_path, experiment)
+    assert status == 0
+    trials = study_of(directory).trials
+    assert len(trials) == 6
+    states = [t.state for t in trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert optuna.trial.TrialState.PRUNED in states and optuna.trial.TrialState.COMPLETE in states
+    rows_by_lr = {}
+    for rows in trial_rows(directory).values():
+        rows_by_lr.setdefault(rows[0]["config"]["optimizer_config.lr"], []).append(rows)
+    for trial in trials:
+        steps = sorted(trial.intermediate_values)
+        assert steps == list(range(len(steps))) and steps, trial
+        candidates = rows_by_lr[trial.params["optimizer_config.lr"]]
+        rows = next(r for r in candidates if [x[metric] for x in r] == [trial.intermediate_values[s] for s in steps])
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert len(rows) == 4 and trial.value == rows[-1][metric] and rows[-1]["trial_done"]
+        else:
+            assert len(rows) < 4 and not rows[-1]["trial_done"]  # the final epoch's value is recorded too
+
+
+@pytest.mark.parametrize("scheduler", [
+    {"name": "asha", "grace_period": 1, "reduction_factor": 2},
+    {"name": "hyperband", "reduction_factor": 2},
+    {"name": "median", "grace_period": 1, "min_samples_required": 1},
+    {"name": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5},
+    {"name": "pfl", "k": 1, "n_startup_trials": 1, "n_warmup_epochs": 1},
+], ids=lambda s: s["name"])
+def test_each_scheduler_runs_a_sweep(tmp_path, scheduler):
+    population = scheduler["name"] == "pbt"  # PBT exploits among trials that run together
+    experiment = probe_experiment(tmp_path, epochs=6, scheduler=scheduler, max_concurrent_trials=4 if population else 2,
+                                  resources_per_trial={"cpu": 0.5 if population else 1},
+                                  search_space={"optimizer_config.lr": {"type": "float", "low": 1e-4,
+                                                                        "high": 0.1, "log": True}})
+    status, directory = run_sweep(tmp_path, experiment)
+    assert status == 0
+    trials = study_of(directory).trials
+    assert len(trials) == 4
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
+    assert any(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    rows = trial_rows(directory)
+    assert len(rows) == 4
+    for trial_rows_ in rows.values():
+        for before, after in zip(trial_rows_, trial_rows_[1:]):
+            exploited = scheduler["name"] == "pbt" and before["config"] != after["config"]
+            # contiguous, never repeated — except where PBT cloned another trial's checkpoint
+            assert after["epoch"] == before["epoch"] + 1 or exploited, [r["epoch"] for r in trial_rows_]
+    assert (directory / "best.yaml").exists() and (directory / "results.csv").exists()
+    if scheduler["name"] == "pbt":
+        mutated = [r for r in rows.values() if len({x["config"]["optimizer_config.lr"] for x in r}) > 1]
+        assert mutated, "PBT exploited no checkpoint"
+    if scheduler["name"] == "pfl":
+        state = json.loads((directory / "pfl_state.json").read_text())
+        assert len(state["finals"]) >= 1
+
+
+@pytest.mark.parametrize("sampler", ["TPESampler", "CmaEsSampler", "GPSampler", "QMCSampler", "RandomSampler"])
+def test_samplers(tmp_path, sampler):
+    experiment = probe_experiment(tmp_path, epochs=2, num_samples=3, sampler={"name": sampler, "seed": 1},
+                                  search_space={"optimizer_config.lr": {"type": "float", "low": 1e-3, "high": 0.1,
+                                                                        "log": True},
+                                                "net_config.hidden": {"type": "int", "low": 4, "high": 32,
+                                                                      "step": 4}})
+    status, directory = run_sweep(tmp_path, experiment)
+    assert status == 0
+    trials = study_of(directory).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert all(t.params["net_config.hidden"] % 4 == 0 for t in trials)
+
+
+def test_user_callback_and_fresh_state_with_reused_actors(tmp_path):
+    markers = tmp_path / "markers"
+    experiment = probe_experiment(
+        tmp_path, num_samples=3, max_concurrent_trials=1,
+        search_space={"optimizer_config.weight_decay": {"type": "categorical", "choices": [0.0, 0.5]}})
+    experiment["run"]["callbacks"] = [{"class": "tl_testing.MarkerCallback", "directory": str(markers)}]
+    status, directory = run_sweep(tmp_path, experiment)
+    assert status == 0
+    seen = [json.loads(p.read_text()) for p in markers.glob("*.json")]
+    assert len(seen) == 3 and all(s["epochs"] == [0, 1, 2, 3] for s in seen)
+    assert len({s["pid"] for s in seen}) == 1  # one actor ran all three trials
+    rows = trial_rows(directory)
+    first_losses = {}
+    for trial_rows_ in rows.values():
+        first_losses.setdefault(trial_rows_[0]["config"]["optimizer_config.weight_decay"], set()).add(
+            trial_rows_[0]["train_loss"])
+    # identical configs give identical first epochs: nothing leaks from the previous trial
+    assert all(len(losses) == 1 for losses in first_losses.values())
+    assert len({r[0]["pid"] for r in rows.values()}) == 1
+
+
+def test_sweep_where_every_trial_fails_exits_1(tmp_path, capsys):
+    experiment = probe_experiment(tmp_path, num_samples=2)
+    experiment["run"]["net_config"]["mode"] = "raise"
+    status, directory = run_sweep(tmp_path, experiment)
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "error: all 2 trials failed" in out
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in study_of(directory).trials)
+    assert len(list(directory.glob("trial_*/error.txt"))) == 2
