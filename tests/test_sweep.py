@@ -116,7 +116,7 @@ def test_scheduler_stopped_trials_are_pruned_with_their_values(tmp_path, metric,
     {"name": "asha", "grace_period": 1, "reduction_factor": 2},
     {"name": "hyperband", "reduction_factor": 2},
     {"name": "median", "grace_period": 1, "min_samples_required": 1},
-    {"name": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5},
+    {"name": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5, "synch": True},
     {"name": "pfl", "k": 1, "n_startup_trials": 1, "n_warmup_epochs": 1},
 ], ids=lambda s: s["name"])
 def test_each_scheduler_runs_a_sweep(tmp_path, scheduler):
@@ -139,6 +139,12 @@ def test_each_scheduler_runs_a_sweep(tmp_path, scheduler):
             # contiguous, never repeated — except where PBT cloned another trial's checkpoint
             assert after["epoch"] == before["epoch"] + 1 or exploited, [r["epoch"] for r in trial_rows_]
     assert (directory / "best.yaml").exists() and (directory / "results.csv").exists()
+    for trial_dir in directory.glob("trial_*"):  # keep_last_k (3) and the best, once finished
+        kept = sorted(int(p.name.split("_")[-1]) for p in trial_dir.glob("checkpoint_*"))
+        saved = [r for r in rows[trial_dir.name] if r.get("checkpoint_dir_name")]
+        best = min(saved, key=lambda r: r["val_loss"])["checkpoint_dir_name"] if saved else None
+        expected = {r["checkpoint_dir_name"] for r in saved[-3:]} | ({best} if best else set())
+        assert {f"checkpoint_{i:06d}" for i in kept} == expected
     if scheduler["name"] == "pbt":
         mutated = [r for r in rows.values() if len({x["config"]["optimizer_config.lr"] for x in r}) > 1]
         assert mutated, "PBT exploited no checkpoint"

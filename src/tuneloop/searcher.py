@@ -109,9 +109,24 @@ class StudyRecorder(Callback):
     def _record(self, trial, error: bool) -> None:
         state, value = outcome(trial.last_result, error, self.metric)
         params = {k: trial.config[k] for k in self.distributions if k in trial.config}
-        study = optuna.load_study(storage=self.storage, study_name=self.study_name)
-        study.add_trial(optuna.trial.create_trial(
-            state=OPTUNA_STATES[state], value=value, params=params,
-            distributions={k: self.distributions[k] for k in params},
-            intermediate_values=self.history.get(trial.trial_id, {}),
-            user_attrs={"tune_trial_id": trial.trial_id}))
+        try:
+            study = optuna.load_study(storage=self.storage, study_name=self.study_name)
+            study.add_trial(optuna.trial.create_trial(
+                state=OPTUNA_STATES[state], value=value, params=params,
+                distributions={k: _covering(self.distributions[k], v) for k, v in params.items()},
+                intermediate_values=self.history.get(trial.trial_id, {}),
+                user_attrs={"tune_trial_id": trial.trial_id}))
+        except Exception as exc:  # recording must never stop the sweep
+            logger.warning("could not record trial %s in the Optuna study: %s", trial.trial_id, exc)
+
+
+def _covering(distribution, value):
+    """`distribution`, widened to contain `value` (PBT's perturbations may leave the search range)."""
+    if isinstance(distribution, (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution)):
+        if not distribution.low <= value <= distribution.high:
+            kind = type(distribution)
+            step = {} if distribution.log else {"step": distribution.step}
+            if step.get("step") is not None and isinstance(distribution, optuna.distributions.FloatDistribution):
+                step = {}  # a perturbed value is off the step grid
+            return kind(min(distribution.low, value), max(distribution.high, value), log=distribution.log, **step)
+    return distribution

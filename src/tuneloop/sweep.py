@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ def build_tuner(cfg: ExperimentConfig, *, quiet: bool = False):
     import optuna
     from ray import tune
 
+    from tuneloop.retention import KeepCheckpoints
     from tuneloop.schedulers import build_scheduler
     from tuneloop.search_space import to_optuna, to_tune
     from tuneloop.searcher import StudyRecorder, TruthfulOptunaSearch
@@ -77,6 +79,8 @@ def build_tuner(cfg: ExperimentConfig, *, quiet: bool = False):
         searcher = TruthfulOptunaSearch(to_optuna(sweep.search_space), metric=sweep.metric, mode=sweep.mode,
                                         sampler=sampler, study_name=run.name, storage=storage)
         mutations = None
+    ck = run.checkpoint_config
+    callbacks.append(KeepCheckpoints(ck.keep_last_k, ck.monitor, ck.mode))
     scheduler = build_scheduler(sweep.scheduler.name, scheduler_kwargs, metric=sweep.metric,
                                 mode=sweep.mode, epochs=run.epochs, mutations=mutations, state_dir=directory)
     run_dict = run.model_dump(mode="json", by_alias=True)
@@ -91,6 +95,11 @@ def build_tuner(cfg: ExperimentConfig, *, quiet: bool = False):
         search_alg=searcher, scheduler=scheduler, num_samples=sweep.num_samples,
         max_concurrent_trials=sweep.max_concurrent_trials, reuse_actors=True,
         trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname)
+    # result.json and progress.csv, but no TensorBoard event files: TBX costs the driver CPU time
+    # that the trials need on a small machine (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS is set by ensure_ray).
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    callbacks += [JsonLoggerCallback(), CSVLoggerCallback()]
     run_config = tune.RunConfig(
         name=run.name, storage_path=str(directory.parent), callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
@@ -178,6 +187,7 @@ def ensure_ray(address: str | None) -> bool:
     """Connect to `address` (or start an embedded local Ray); True when this call started Ray."""
     import ray
 
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # see build_tuner's loggers
     if ray.is_initialized():
         return False
     ray.init(address=address, include_dashboard=False, log_to_driver=True,
