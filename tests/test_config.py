@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tuneloop import cli
-from tuneloop.config import ExperimentConfig, load_experiment, parse_yaml
+from tuneloop.config import ExperimentConfig, check_imports, load_experiment, parse_yaml
 
 DIGITS = Path(__file__).resolve().parents[1] / "experiments" / "digits_mlp.yaml"
 
@@ -43,10 +43,14 @@ def test_yaml_12_numbers():
 
 
 def test_shipped_experiments_validate():
-    for path in sorted(DIGITS.parent.glob("*.yaml")):
+    paths = sorted(DIGITS.parent.glob("*.yaml"))
+    assert len(paths) >= 2
+    for path in paths:
         cfg = load_experiment(path)
         assert isinstance(cfg, ExperimentConfig)
         assert cfg.run.epochs > 0 and cfg.sweep.search_space
+        resolved = check_imports(cfg, file=str(path))
+        assert callable(resolved["net"]) and callable(resolved["optimizer"])
 
 
 def test_digits_file_reads_numbers_as_floats():

@@ -91,10 +91,14 @@ def test_scheduler_stopped_trials_are_pruned_with_their_values(tmp_path, metric,
         scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
         sampler={"name": "RandomSampler", "seed": 6},  # lr sequence: good, good, bad, good, bad, bad
         search_space={"optimizer_config.lr": {"type": "categorical", "choices": [0.05, 0.00001]}})
+    experiment["run"]["callbacks"] = [{"class": "tl_testing.MarkerCallback", "directory": str(tmp_path / "ends")}]
     status, directory = run_sweep(tmp_path, experiment)
     assert status == 0
     trials = study_of(directory).trials
     assert len(trials) == 6
+    ends = [json.loads(p.read_text()) for p in (tmp_path / "ends").glob("*.json")]
+    assert len(ends) == 6  # on_train_end fired in every trial, pruned ones (SystemExit) included
+    assert any(len(e["epochs"]) < 4 for e in ends)
     states = [t.state for t in trials]
     assert optuna.trial.TrialState.RUNNING not in states
     assert optuna.trial.TrialState.PRUNED in states and optuna.trial.TrialState.COMPLETE in states
@@ -139,7 +143,8 @@ def test_each_scheduler_runs_a_sweep(tmp_path, scheduler):
             # contiguous, never repeated — except where PBT cloned another trial's checkpoint
             assert after["epoch"] == before["epoch"] + 1 or exploited, [r["epoch"] for r in trial_rows_]
     assert (directory / "best.yaml").exists() and (directory / "results.csv").exists()
-    for trial_dir in directory.glob("trial_*"):  # keep_last_k (3) and the best, once finished
+    for trial_dir in directory.glob("trial_*") if not population else ():  # PBT swaps checkpoints
+        # keep_last_k (3) and the best, once the trial finished
         kept = sorted(int(p.name.split("_")[-1]) for p in trial_dir.glob("checkpoint_*"))
         saved = [r for r in rows[trial_dir.name] if r.get("checkpoint_dir_name")]
         best = min(saved, key=lambda r: r["val_loss"])["checkpoint_dir_name"] if saved else None
@@ -186,6 +191,16 @@ def test_user_callback_and_fresh_state_with_reused_actors(tmp_path):
     # identical configs give identical first epochs: nothing leaks from the previous trial
     assert all(len(losses) == 1 for losses in first_losses.values())
     assert len({r[0]["pid"] for r in rows.values()}) == 1
+
+
+def test_optuna_storage_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    experiment = probe_experiment(tmp_path, epochs=2, num_samples=2, optuna_storage=url)
+    status, directory = run_sweep(tmp_path, experiment)
+    assert status == 0
+    assert not (directory / "optuna.db").exists()
+    study = optuna.load_study(study_name="probe", storage=url)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
 
 
 def test_sweep_where_every_trial_fails_exits_1(tmp_path, capsys):

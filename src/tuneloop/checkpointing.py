@@ -9,12 +9,14 @@ CUDA) as CPU tensors, so that `torch.load(weights_only=True)` can read it back.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +108,9 @@ def restore_state(trainer, state: dict) -> int:
             callbacks[name].load_state_dict(callback_state)
     if trainer.scheduler is not None and state["scheduler"] is not None:
         trainer.scheduler.load_state_dict(state["scheduler"])
-        trainer.scheduler.step()
+        with warnings.catch_warnings():  # "step() before optimizer.step()": intended, see above
+            warnings.simplefilter("ignore", UserWarning)
+            trainer.scheduler.step()
     set_rng_state(state["rng"])
     return int(state["epoch"]) + 1
 
@@ -136,8 +140,6 @@ def save_state(state: dict, directory: Path) -> Path:
     """Write `state` as `directory/state.pt` atomically (the directory is created)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    import io
-
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(directory / STATE_FILE, buffer.getvalue())
@@ -205,9 +207,17 @@ class CheckpointManager:
             return True
         return value < self.best_value if self.mode == "min" else value > self.best_value
 
-    def save_best(self, state: dict, value: float) -> Path:
+    def save_best(self, state: dict, value: float, written: Path | None = None) -> Path:
+        """Make `best/state.pt` this state; `written` is the same state already saved (then it is
+        hard-linked, atomically, instead of serialized and written again)."""
         self.best_value = float(value)
         directory = self.root / "best"
-        save_state(state, directory)
-        atomic_write_text(directory / "best.json", json.dumps({"epoch": state["epoch"], "value": value}))
+        if written is None:
+            save_state(state, directory)
+            return directory
+        directory.mkdir(parents=True, exist_ok=True)
+        temporary = directory / f".{STATE_FILE}.link"
+        temporary.unlink(missing_ok=True)
+        os.link(written, temporary)
+        os.replace(temporary, directory / STATE_FILE)
         return directory

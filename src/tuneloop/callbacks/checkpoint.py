@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuneloop.callbacks.base import TrainingCallback
-from tuneloop.checkpointing import CheckpointManager, collect_state
+from tuneloop.checkpointing import STATE_FILE, CheckpointManager, collect_state
 
 
 class CheckpointCallback(TrainingCallback):
@@ -43,10 +43,12 @@ class CheckpointCallback(TrainingCallback):
         if better:
             self.manager.best_value = float(value)  # before collecting, so the state holds it
         state = collect_state(trainer, epoch, self.config_hash)
+        written = None
         if due:
-            trainer._epoch_checkpoint = str(self.manager.save_periodic(state, epoch))
+            written = self.manager.save_periodic(state, epoch)
+            trainer._epoch_checkpoint = str(written)
         if better:
-            self.manager.save_best(state, value)
+            self.manager.save_best(state, value, written=written / STATE_FILE if written else None)
 
     def state_dict(self) -> dict:
         return {"best_value": self.manager.best_value}

@@ -18,31 +18,27 @@ class GradientMonitorCallback(TrainingCallback):
 
     def __init__(self, warn_threshold: float = 1e4):
         self.warn_threshold = float(warn_threshold)
-        self._max = None  # running max on the device
-        self._over = None  # count of batches over the threshold (or non-finite), on the device
+        self._norms: list = []  # per step: the per-parameter gradient norms, on the device
+        self._params: list = []  # the model's parameters, gathered once per epoch
 
     def on_train_epoch_begin(self, trainer, **kwargs):
-        self._max = None
-        self._over = None
+        self._norms = []
+        self._params = list(trainer.model.parameters())
 
     def on_train_step_end(self, trainer, **kwargs):
-        grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
-        if not grads:
-            return
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        over = (norm > self.warn_threshold) | ~torch.isfinite(norm)
-        if self._max is None:
-            self._max, self._over = norm, over.int()
-        else:
-            self._max = torch.maximum(self._max, norm)  # NaN propagates
-            self._over = self._over + over
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if grads:  # two small device ops per step; the totals are reduced once per epoch
+            self._norms.append(torch.stack(torch._foreach_norm(grads)))
 
     def on_epoch_end(self, trainer, *, epoch, **kwargs):
-        if self._max is None:
+        if not self._norms:
             trainer._max_grad_norm = None
             return
-        max_norm, over = float(self._max), int(self._over)
+        totals = torch.linalg.vector_norm(torch.stack(self._norms), dim=1)  # one L2 norm per step
+        flagged = (totals > self.warn_threshold) | ~torch.isfinite(totals)
+        max_norm, over = torch.stack([totals.max(), flagged.sum().to(totals.dtype)]).tolist()  # NaN propagates
         trainer._max_grad_norm = max_norm
+        self._norms = []
         if over or not math.isfinite(max_norm):
-            print(f"[tuneloop] epoch {epoch}: {over} batch(es) with gradient norm above "
+            print(f"[tuneloop] epoch {epoch}: {int(over)} batch(es) with gradient norm above "
                   f"{self.warn_threshold:g} or non-finite (max {max_norm:.4g})", flush=True)

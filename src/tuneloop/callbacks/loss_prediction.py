@@ -18,8 +18,15 @@ def fit_exponential(epochs, losses, at_epoch: float) -> float:
     y = np.asarray(losses, dtype=float)
     if not np.all(np.isfinite(y)) or np.any(y <= 0):
         raise ValueError("an exponential fit needs finite positive losses")
-    k, log_a = np.polyfit(t, np.log(y), 1)
-    prediction = float(np.exp(log_a + k * at_epoch))
+    log_y = np.log(y)
+    dt = t - t.mean()
+    spread = float(dt @ dt)
+    if spread == 0:
+        raise ValueError("an exponential fit needs at least two distinct epochs")
+    k = float(dt @ (log_y - log_y.mean())) / spread  # least squares slope of log L on t
+    log_a = float(log_y.mean()) - k * float(t.mean())
+    with np.errstate(over="ignore"):
+        prediction = float(np.exp(log_a + k * at_epoch))
     if not math.isfinite(prediction) or prediction <= 0:
         raise ValueError(f"the fit gave a non-finite prediction {prediction}")
     return prediction
@@ -56,7 +63,7 @@ class LossPredictionCallback(TrainingCallback):
             return None
         try:
             return neg_log10(fit_exponential(self.epochs, self.losses, self.max_epochs - 1))
-        except (ValueError, np.linalg.LinAlgError):
+        except ValueError:
             return neg_log10(self.losses[-1])
 
     def state_dict(self) -> dict:
