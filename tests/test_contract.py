@@ -1,4 +1,5 @@
-"""The user's specification (seed-callbacks.md) holds: hook names, priorities, and its example."""
+"""The user's specification (seed-callbacks.md) and SPEC §1 hold: hook names and arguments,
+priorities, import paths, the Trainer's attributes, and the seed's example callback."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import re
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 import tuneloop.callbacks as callbacks_module
-from tuneloop.callbacks import TrainingCallback
-from tuneloop.data import TensorBatches
+from tuneloop.callbacks import EVENTS, CallbackRunner, TrainingCallback
+from tuneloop.data import TensorBatches, make_loader
 from tuneloop.trainer import Trainer
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "seed-callbacks.md"
+SEED = Path(__file__).resolve().parents[2] / "shared" / "seed-callbacks.md"  # beside the repo, not in CI
 SEVEN_HOOKS = ["on_train_begin", "on_train_epoch_begin", "on_train_step_end", "on_val_begin",
                "on_val_end", "on_epoch_end", "on_train_end"]
 KWARGS = {  # SPEC §1: each hook's keyword arguments besides trainer
@@ -28,33 +30,128 @@ PRIORITIES = {"NaNDetectionCallback": 5, "OptimizerModeCallback": 10, "GradientM
               "PrunerCallback": 85, "EarlyStoppingCallback": 90, "CheckpointCallback": 95}
 
 
-def seed_hook_names() -> list[str]:
-    """Hook names the seed document mentions (falls back to the seven when it is not beside the repo)."""
-    if not SEED.exists():
-        return SEVEN_HOOKS
-    names = set(re.findall(r"\bon_[a-z_]+\b", SEED.read_text()))
-    return sorted(names)
+def seed_hook_names(seed: Path = SEED) -> list[str]:
+    """Hook names the seed document mentions; the seven when the document is not there (CI)."""
+    if not seed.exists():
+        return list(SEVEN_HOOKS)
+    return sorted(set(re.findall(r"\bon_[a-z_]+\b", seed.read_text())))
 
 
-def test_every_seed_hook_exists_as_a_documented_no_op():
+def test_hook_list_falls_back_to_the_seven_without_the_seed(tmp_path):
+    assert seed_hook_names(tmp_path / "absent.md") == SEVEN_HOOKS
+
+
+def test_hook_list_parsed_from_a_seed_file(tmp_path):
+    doc = tmp_path / "seed.md"
+    doc.write_text("fire(\"on_val_end\") then on_epoch_end; not on_ nor xon_val_end\n")
+    assert seed_hook_names(doc) == ["on_epoch_end", "on_val_end"]
+
+
+def test_the_seed_names_exactly_the_seven_hooks_and_the_runner_knows_them():
     names = seed_hook_names()
-    assert set(SEVEN_HOOKS) <= set(names)
+    assert set(names) == set(SEVEN_HOOKS)  # a hook the seed added or dropped fails here
+    assert list(EVENTS) == SEVEN_HOOKS  # the order of the seed's event flow
+
+
+@pytest.mark.parametrize("name", seed_hook_names())
+def test_every_seed_hook_is_a_no_op_with_the_spec_keyword_arguments(name):
+    hook = getattr(TrainingCallback, name)
+    params = inspect.signature(hook).parameters
+    assert list(params)[:2] == ["self", "trainer"], name
+    assert any(p.kind is p.VAR_KEYWORD for p in params.values()), f"{name} must take **kwargs"
+    named = {n for n, p in params.items() if n not in ("self", "trainer") and p.kind is not p.VAR_KEYWORD}
+    assert named == KWARGS[name], name
+    assert hook.__doc__ and hook.__doc__.strip(), f"{name} is documented"
     base = TrainingCallback()
-    for name in names:
-        hook = getattr(TrainingCallback, name)
-        assert hook.__doc__ and len(hook.__doc__.strip().splitlines()) == 1, name
-        params = inspect.signature(hook).parameters
-        assert "trainer" in params and any(p.kind is p.VAR_KEYWORD for p in params.values())
-        assert KWARGS[name] <= set(params), name
-        assert getattr(base, name)(None, **{k: 0 for k in KWARGS[name]}) is None
+    arguments = {k: object() for k in KWARGS[name]}
+    assert getattr(base, name)(None, **arguments) is None
+    assert getattr(base, name)(trainer=None, extra="future argument", **arguments) is None
 
 
-def test_builtins_are_importable_with_their_priorities():
-    for name, priority in PRIORITIES.items():
-        cls = getattr(callbacks_module, name)
-        assert issubclass(cls, TrainingCallback) and cls.priority == priority
+def test_spec_import_paths():
+    namespace: dict = {}
+    exec(textwrap.dedent("""
+        from tuneloop.callbacks import (TrainingCallback, CallbackRunner,
+            NaNDetectionCallback, OptimizerModeCallback, GradientMonitorCallback,
+            LossPredictionCallback, OverfitDetectionCallback, WandbLoggingCallback,
+            PrunerCallback, EarlyStoppingCallback, CheckpointCallback)
+        from tuneloop.trainer import Trainer
+    """), namespace)
+    assert namespace["Trainer"] is Trainer and namespace["CallbackRunner"] is CallbackRunner
+    assert set(PRIORITIES) <= set(callbacks_module.__all__)
 
 
+@pytest.mark.parametrize("name, priority", sorted(PRIORITIES.items(), key=lambda item: item[1]))
+def test_builtins_have_the_seed_priorities(name, priority):
+    cls = getattr(callbacks_module, name)
+    assert issubclass(cls, TrainingCallback) and cls.priority == priority
+
+
+def test_builtins_in_a_runner_run_in_the_seed_order():
+    cb = callbacks_module
+    runner = CallbackRunner([cb.EarlyStoppingCallback(), cb.OverfitDetectionCallback(), cb.LossPredictionCallback(30),
+                             cb.GradientMonitorCallback(), cb.OptimizerModeCallback(), cb.NaNDetectionCallback()])
+    assert [c.priority for c in runner] == [5, 10, 12, 70, 75, 90]
+
+
+def test_trainer_attributes_callbacks_may_read():
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    criterion = torch.nn.CrossEntropyLoss()
+    trainer = Trainer(model, optimizer, scheduler, criterion, [], device="cpu")
+    assert trainer.model is model and trainer.optimizer is optimizer and trainer.scheduler is scheduler
+    assert trainer.criterion is criterion and trainer.device == torch.device("cpu")
+    assert isinstance(trainer.callbacks, CallbackRunner) and isinstance(trainer.epochs, int)
+    for shared in ("_max_grad_norm", "_overfit_gap_ratio", "_loss_prediction"):  # declared, default None
+        assert getattr(trainer, shared) is None, shared
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    trainer.train([(x, y)], [(x, y)], epochs=3, start_epoch=1)
+    assert trainer.epochs == 3  # the total, not the number left
+
+
+class Strict(TrainingCallback):
+    """Hooks with exactly the SPEC's keyword arguments and no **kwargs: an extra or missing
+    argument from the Trainer fails the run."""
+
+    priority = 50
+
+    def __init__(self):
+        self.calls = []
+
+    def on_train_begin(self, trainer, *, epochs, start_epoch):
+        self.calls.append("on_train_begin")
+
+    def on_train_epoch_begin(self, trainer, *, epoch):
+        self.calls.append("on_train_epoch_begin")
+
+    def on_train_step_end(self, trainer, *, batch_idx, loss):
+        self.calls.append("on_train_step_end")
+
+    def on_val_begin(self, trainer, *, epoch):
+        self.calls.append("on_val_begin")
+
+    def on_val_end(self, trainer, *, epoch, val_loss, metrics):
+        self.calls.append("on_val_end")
+
+    def on_epoch_end(self, trainer, *, epoch, train_loss, val_loss, metrics):
+        self.calls.append("on_epoch_end")
+
+    def on_train_end(self, trainer):
+        self.calls.append("on_train_end")
+
+
+def test_the_trainer_fires_the_seven_events_with_exactly_the_spec_arguments():
+    strict = Strict()
+    model = torch.nn.Linear(3, 2)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), None, torch.nn.CrossEntropyLoss(), [strict])
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    trainer.train([(x[:4], y[:4]), (x[4:], y[4:])], [(x, y)], epochs=1)
+    assert strict.calls == ["on_train_begin", "on_train_epoch_begin", "on_train_step_end", "on_train_step_end",
+                            "on_val_begin", "on_val_end", "on_epoch_end", "on_train_end"]
+
+
+# The seed's example, word for word but for its import line (`from callbacks import ...`).
 SEED_EXAMPLE = '''
 from tuneloop.callbacks import TrainingCallback
 
@@ -81,21 +178,71 @@ class BestLossTrackerCallback(TrainingCallback):
 '''
 
 
-def test_seed_example_runs_unchanged_but_for_its_import(capsys):
-    if SEED.exists():  # the example in this test is the seed's, word for word
-        text = SEED.read_text()
-        body = SEED_EXAMPLE.split("class BestLossTrackerCallback", 1)[1]
-        assert textwrap.dedent("class BestLossTrackerCallback" + body).strip() in text
+def test_the_example_is_the_seeds_word_for_word():
+    if not SEED.exists():
+        pytest.skip("seed-callbacks.md is not beside the repository")
+    text = SEED.read_text()
+    assert "from callbacks import TrainingCallback" in text
+    body = "class BestLossTrackerCallback" + SEED_EXAMPLE.split("class BestLossTrackerCallback", 1)[1]
+    assert body.strip() in text
+
+
+def load_example():
     namespace: dict = {}
     exec(SEED_EXAMPLE, namespace)
-    tracker = namespace["BestLossTrackerCallback"]()
+    return namespace["BestLossTrackerCallback"]
+
+
+class ValLosses(TrainingCallback):
+    priority = 61
+
+    def __init__(self):
+        self.values = []
+
+    def on_val_end(self, trainer, *, val_loss, **kwargs):
+        self.values.append(val_loss)
+
+
+def test_seed_example_runs_in_a_real_training_and_prints_its_summary(capsys):
+    from tuneloop.callbacks import (GradientMonitorCallback, LossPredictionCallback, NaNDetectionCallback,
+                                    OptimizerModeCallback, OverfitDetectionCallback)
+    from tuneloop.recipes.digits import MLP, load_data
+
+    epochs = 4
+    tracker = load_example()()
+    seen = ValLosses()
+    callbacks_list = [  # the seed's list (without W&B), in the seed's order
+        OptimizerModeCallback(), NaNDetectionCallback(), GradientMonitorCallback(), tracker,
+        LossPredictionCallback(epochs), OverfitDetectionCallback(), seen,
+    ]
+    runner = CallbackRunner(callbacks_list)
+    assert [c.priority for c in runner] == [5, 10, 12, 60, 61, 70, 75]
+
     torch.manual_seed(0)
-    x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
-    model = torch.nn.Linear(4, 2)
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), None, torch.nn.CrossEntropyLoss(),
-                      [tracker])
-    loader = TensorBatches(x, y, batch_size=16)
-    trainer.train(loader, loader, epochs=5)
-    assert 0 <= tracker.best_epoch < 5 and trainer._best_val_loss == tracker.best_val_loss
-    assert f"Training complete. Best val_loss: {tracker.best_val_loss:.4e} at epoch {tracker.best_epoch}" in (
-        capsys.readouterr().out)
+    train_set, val_set = load_data()
+    model = MLP(hidden=32, layers=1, dropout=0.0)
+    trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=1e-2), None, torch.nn.CrossEntropyLoss(), runner)
+    result = trainer.train(make_loader(train_set, 128, True, 0, "cpu"), make_loader(val_set, 256, False, 0, "cpu"),
+                           epochs=epochs)
+
+    assert len(seen.values) == epochs and result == seen.values[-1]
+    assert tracker.best_val_loss == min(seen.values) and trainer._best_val_loss == tracker.best_val_loss
+    assert tracker.best_epoch == seen.values.index(min(seen.values))
+    assert seen.values[-1] < seen.values[0]  # it really trained
+    out = capsys.readouterr().out
+    assert out.count("Training complete.") == 1
+    assert f"Training complete. Best val_loss: {tracker.best_val_loss:.4e} at epoch {tracker.best_epoch}" in out
+
+
+def test_seed_example_summary_is_printed_when_training_fails(capsys):
+    tracker = load_example()()
+    model = torch.nn.Linear(3, 2)
+
+    def criterion(outputs, targets):
+        raise RuntimeError("user loss broke")
+
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), None, criterion, [tracker])
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    with pytest.raises(RuntimeError, match="user loss broke"):
+        trainer.train(TensorBatches(x, y, 4), TensorBatches(x, y, 8), epochs=2)
+    assert "Training complete. Best val_loss: inf at epoch -1" in capsys.readouterr().out

@@ -57,13 +57,15 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()),
+    """Put back the states `rng_state()` took. The tensors may have been loaded onto another
+    device (`load_state(map_location="cuda")`): they are brought back to the CPU first."""
+    random.setstate((state["python_version"], tuple(int(v) for v in state["python"].cpu().tolist()),
                      state["python_gauss"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"],
+    np.random.set_state(("MT19937", state["numpy"].cpu().numpy().astype(np.uint32), state["numpy_pos"],
                          state["numpy_has_gauss"], state["numpy_gauss"]))
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"][: torch.cuda.device_count()]])
 
 
 # --- the training state --------------------------------------------------------------------
@@ -80,12 +82,17 @@ def _stateful_callbacks(trainer) -> dict:
     return named
 
 
-def collect_state(trainer, epoch: int, cfg_hash: str = "") -> dict:
-    """Everything needed to continue after `epoch` exactly as if never interrupted."""
+def collect_state(trainer, epoch: int, cfg_hash: str = "", val_loss: float | None = None) -> dict:
+    """Everything needed to continue after `epoch` exactly as if never interrupted.
+
+    Taken at `on_epoch_end`, before the Trainer steps the LR scheduler for `epoch`; `val_loss` is
+    that epoch's, which a metric-driven schedule (ReduceLROnPlateau) needs to take that step.
+    """
     return {
         "format_version": FORMAT_VERSION,
         "epoch": int(epoch),
         "config_hash": cfg_hash,
+        "val_loss": None if val_loss is None else float(val_loss),
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
@@ -98,7 +105,8 @@ def restore_state(trainer, state: dict) -> int:
     """Load `state` into the trainer and its callbacks; return the next epoch to train.
 
     The checkpoint was taken at `on_epoch_end`, before the LR scheduler stepped for that
-    epoch, so the scheduler is stepped once here to put the next epoch's LR in place.
+    epoch, so the scheduler is stepped here as the Trainer would have (ReduceLROnPlateau with
+    the epoch's val_loss) to put the next epoch's LR in place.
     """
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
@@ -106,26 +114,42 @@ def restore_state(trainer, state: dict) -> int:
     for name, callback_state in state["callbacks"].items():
         if name in callbacks:
             callbacks[name].load_state_dict(callback_state)
-    if trainer.scheduler is not None and state["scheduler"] is not None:
-        trainer.scheduler.load_state_dict(state["scheduler"])
+    scheduler = trainer.scheduler
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
         with warnings.catch_warnings():  # "step() before optimizer.step()": intended, see above
             warnings.simplefilter("ignore", UserWarning)
-            trainer.scheduler.step()
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                if state.get("val_loss") is None:
+                    raise CheckpointError("a ReduceLROnPlateau schedule needs the epoch's val_loss, "
+                                          "which this checkpoint does not hold")
+                scheduler.step(state["val_loss"])
+            else:
+                scheduler.step()
     set_rng_state(state["rng"])
     return int(state["epoch"]) + 1
 
 
 # --- files -----------------------------------------------------------------------------------
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+def _write_synced(handle, data: bytes | memoryview) -> None:
+    """Write all of `data` to the open binary file `handle` and flush it to disk."""
+    handle.write(data)
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part.
+
+    The bytes go to a hidden temporary file in the same directory, are flushed to disk (fsync),
+    then renamed over `path`; on any failure the temporary file is removed and `path` is untouched.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            _write_synced(handle, data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -136,14 +160,53 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def save_state(state: dict, directory: Path) -> Path:
-    """Write `state` as `directory/state.pt` atomically (the directory is created)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+def serialize_state(state: dict) -> memoryview:
+    """`state` as the bytes of `state.pt` (torch's zip format)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write_bytes(directory / STATE_FILE, buffer.getvalue())
+    return buffer.getbuffer()
+
+
+def save_state(state: dict, directory: Path) -> Path:
+    """Write `state` as `directory/state.pt` atomically; returns the file's path.
+
+    The state is serialized before anything is written, so a state that cannot be saved leaves
+    the disk as it was. A new directory appears complete (built under a hidden temporary name,
+    then renamed), so no reader ever sees a checkpoint directory without its `state.pt`; in an
+    existing directory the file is replaced atomically.
+    """
+    directory = Path(directory)
+    data = serialize_state(state)
+
+    def write(target: Path) -> None:
+        with open(target, "wb") as handle:
+            _write_synced(handle, data)
+
+    _publish(directory, write, lambda: atomic_write_bytes(directory / STATE_FILE, data))
     return directory / STATE_FILE
+
+
+def _publish(directory: Path, write, replace) -> None:
+    """Make `directory/state.pt`: in an existing directory `replace()` swaps the file atomically;
+    otherwise `write(path)` fills a hidden staging directory that is then renamed to `directory`."""
+    if directory.is_dir():
+        replace()
+        return
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    try:
+        write(staging / STATE_FILE)
+        try:
+            os.rename(staging, directory)
+        except OSError:
+            if not directory.is_dir():  # not a lost race with another writer of this directory
+                raise
+            replace()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if staging.exists():  # lost the race above: the directory was written in place
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_state(directory: Path, expected_hash: str | None = None, map_location="cpu") -> dict:
@@ -186,7 +249,8 @@ class CheckpointManager:
         """(epoch, directory) of the periodic checkpoints, oldest first, by epoch number."""
         if not self.root.exists():
             return []
-        found = [(int(m.group(1)), p) for p in self.root.iterdir() if (m := EPOCH_DIR.match(p.name))]
+        found = [(int(m.group(1)), p) for p in self.root.iterdir()
+                 if (m := EPOCH_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
         return sorted(found)
 
     def latest(self) -> Path | None:
@@ -215,9 +279,21 @@ class CheckpointManager:
         if written is None:
             save_state(state, directory)
             return directory
-        directory.mkdir(parents=True, exist_ok=True)
-        temporary = directory / f".{STATE_FILE}.link"
-        temporary.unlink(missing_ok=True)
-        os.link(written, temporary)
-        os.replace(temporary, directory / STATE_FILE)
+        try:
+            _publish(directory, lambda target: os.link(written, target),
+                     lambda: _replace_with_link(written, directory / STATE_FILE))
+        except OSError:  # a file system without hard links: write the state again
+            save_state(state, directory)
         return directory
+
+
+def _replace_with_link(source: Path, target: Path) -> None:
+    """Atomically make `target` a hard link to `source` (a new name, then renamed over `target`)."""
+    temporary = target.with_name(f".{target.name}.link")
+    temporary.unlink(missing_ok=True)
+    os.link(source, temporary)
+    try:
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

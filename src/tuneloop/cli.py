@@ -1,4 +1,4 @@
-"""The `tuneloop` command: sweep, train, validate."""
+"""The `tuneloop` command: sweep, resume, train, validate."""
 
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ def make_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--overwrite", action="store_true",
                        help="delete an existing experiment directory first (default: refuse)")
 
+    resume = commands.add_parser("resume", help="continue an interrupted sweep where it stopped")
+    resume.add_argument("directory", type=Path, help="the sweep's experiment directory (<storage_path>/<name>)")
+    resume.add_argument("--address", help="Ray cluster to join (default: embedded local Ray)")
+
     validate = commands.add_parser("validate", help="check the file, imports and one training batch")
     _add_experiment(validate)
     validate.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: run.device)")
@@ -70,6 +74,12 @@ def cmd_sweep(args) -> int:
     return run_sweep(cfg, file=args.experiment, address=args.address, quiet=args.quiet, overwrite=args.overwrite)
 
 
+def cmd_resume(args) -> int:
+    from tuneloop.sweep import resume_sweep
+
+    return resume_sweep(args.directory, address=args.address)
+
+
 def cmd_validate(args) -> int:
     from tuneloop import run
     from tuneloop.config import check_imports, load_experiment
@@ -84,7 +94,7 @@ def cmd_validate(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "validate": cmd_validate}
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "resume": cmd_resume, "validate": cmd_validate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,30 +126,29 @@ class RunConfig(Strict):
 
 # --- sweep: how Ray Tune searches ---------------------------------------------------------
 
-class FloatParam(Strict):
+class _RangeParam(Strict):
+    """A numeric range: low < high, low > 0 when log, log and step exclusive."""
+
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self):
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+
+class FloatParam(_RangeParam):
     type: Literal["float"]
     low: float
     high: float
-    log: bool = False
     step: PositiveFloat | None = None
 
-    @model_validator(mode="after")
-    def _range(self):
-        _check_range(self.low, self.high, self.log, self.step)
-        return self
 
-
-class IntParam(Strict):
+class IntParam(_RangeParam):
     type: Literal["int"]
     low: int
     high: int
-    log: bool = False
     step: PositiveInt | None = None
-
-    @model_validator(mode="after")
-    def _range(self):
-        _check_range(self.low, self.high, self.log, self.step)
-        return self
 
 
 class CategoricalParam(Strict):

@@ -6,6 +6,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffling seed of one epoch: a function of (seed, epoch) only, within torch's seed range."""
+    return (seed * 1_000_003 + epoch) % (1 << 64)
+
+
 class TensorBatches:
     """Iterates `(inputs, targets)` batches as index slices of tensors already on `device`.
 
@@ -34,7 +39,7 @@ class TensorBatches:
     def __iter__(self):
         n = len(self.targets)
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
             order = torch.randperm(n, generator=generator).to(self.device)
             inputs, targets = self.inputs[order], self.targets[order]
         else:
@@ -43,10 +48,26 @@ class TensorBatches:
             yield inputs[start:start + self.batch_size], targets[start:start + self.batch_size]
 
 
+class EpochSeededDataLoader(DataLoader):
+    """A `DataLoader` whose shuffle order depends only on `seed` and the epoch (`set_epoch`).
+
+    Like `TensorBatches`, so a resumed run sees the batches an uninterrupted one would have seen.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int):
+        super().__init__(dataset, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.generator.manual_seed(epoch_seed(self.seed, epoch))  # the sampler draws from this generator
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, device: str | torch.device):
-    """`TensorBatches` for a `TensorDataset` of two tensors, else a seeded `DataLoader`."""
+    """`TensorBatches` for a `TensorDataset` of two tensors, else an `EpochSeededDataLoader`
+    (whose batches the Trainer moves to the device)."""
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         inputs, targets = dataset.tensors
         return TensorBatches(inputs, targets, batch_size, shuffle=shuffle, seed=seed, device=device)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                      generator=torch.Generator().manual_seed(seed))
+    return EpochSeededDataLoader(dataset, batch_size, shuffle, seed)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from pathlib import Path
 
 from ray.tune.schedulers import (ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule,
                                  PopulationBasedTraining, TrialScheduler)
 
-from tuneloop.checkpointing import atomic_write_text
+from tuneloop.checkpointing import atomic_write_bytes, atomic_write_text
 
 TIME_ATTR = "training_iteration"  # epochs trained by the trial (1-based), the schedulers' clock
 
@@ -49,6 +50,8 @@ class PredictedFinalLossScheduler(FIFOScheduler):
         return finals[self.k - 1]
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if trial.trial_id in self.stopped:  # stopped before a driver crash, resumed by the restore
+            return TrialScheduler.STOP
         predicted = result.get(self.prediction)
         threshold = self.threshold()
         if (threshold is None or result.get(TIME_ATTR, 0) < self.n_warmup_epochs
@@ -85,10 +88,52 @@ class PredictedFinalLossScheduler(FIFOScheduler):
         self._load()
 
 
+class PersistentASHA(ASHAScheduler):
+    """Ray's ASHA, whose rungs survive `Tuner.restore` (Ray does not save scheduler state).
+
+    After every result that may change a rung its state is written to `state_path` (atomically);
+    when Tune unpickles the scheduler from `tuner.pkl` on restore, that state is read back.
+    """
+
+    def __init__(self, time_attr: str = TIME_ATTR, metric: str | None = None, mode: str | None = None,
+                 max_t: int = 100, grace_period: int = 1, reduction_factor: float = 4, brackets: int = 1,
+                 stop_last_trials: bool = True, state_path: str | None = None):
+        super().__init__(time_attr=time_attr, metric=metric, mode=mode, max_t=max_t, grace_period=grace_period,
+                         reduction_factor=reduction_factor, brackets=brackets, stop_last_trials=stop_last_trials)
+        self.state_path = state_path
+        self.stopped: set[str] = set()  # trials this scheduler stopped: they stay stopped after a restore
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if trial.trial_id in self.stopped:  # stopped before a driver crash, resumed by the restore
+            return TrialScheduler.STOP
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP:
+            self.stopped.add(trial.trial_id)
+        self._persist()
+        return decision
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        super().on_trial_complete(tune_controller, trial, result)
+        self._persist()
+
+    def on_trial_remove(self, tune_controller, trial):
+        super().on_trial_remove(tune_controller, trial)
+        self._persist()
+
+    def _persist(self) -> None:
+        if self.state_path:
+            atomic_write_bytes(Path(self.state_path), pickle.dumps(self.__dict__))
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.state_path and Path(self.state_path).exists():
+            self.__dict__.update(pickle.loads(Path(self.state_path).read_bytes()))
+
+
 # name → (class, keyword arguments tuneloop sets itself)
 SCHEDULERS = {
     "fifo": (FIFOScheduler, ()),
-    "asha": (ASHAScheduler, ("time_attr", "metric", "mode", "max_t")),
+    "asha": (PersistentASHA, ("time_attr", "metric", "mode", "max_t", "state_path")),
     "hyperband": (HyperBandScheduler, ("time_attr", "metric", "mode", "max_t")),
     "median": (MedianStoppingRule, ("time_attr", "metric", "mode")),
     "pbt": (PopulationBasedTraining, ("time_attr", "metric", "mode", "hyperparam_mutations")),
@@ -107,6 +152,8 @@ def build_scheduler(name: str, kwargs: dict, *, metric: str, mode: str, epochs: 
     common = {"time_attr": TIME_ATTR, "metric": metric, "mode": mode}
     if name in ("asha", "hyperband"):
         common["max_t"] = epochs
+    if name == "asha":
+        common["state_path"] = str(state_dir / "asha_state.pkl") if state_dir else None
     if name == "pbt":
         kwargs = {"perturbation_interval": max(1, epochs // 5), **kwargs}
         common["hyperparam_mutations"] = mutations or {}

@@ -51,6 +51,26 @@ class TruthfulOptunaSearch(OptunaSearch):
         self._reported: dict[str, set[int]] = {}  # trial id → epochs told to Optuna
         self._last: dict[str, dict] = {}  # trial id → last result seen (a paused trial completes without one)
 
+    def restore(self, checkpoint_path: str) -> None:
+        """After a driver crash the saved searcher can lag the study: trials asked for after the
+        last save are RUNNING in the study but unknown here (orphans). They are adopted by the next
+        suggestions (same parameters, same Optuna trial), and the sampler is reseeded so that the
+        pickled random state does not propose the same parameters again."""
+        super().restore(checkpoint_path)
+        known = {t.number for t in self._ot_trials.values()}
+        self._orphans = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                         if t.number not in known]
+        self._ot_study.sampler.reseed_rng()
+
+    def suggest(self, trial_id: str):
+        orphans = getattr(self, "_orphans", None)
+        if orphans and trial_id not in self._ot_trials:
+            orphan = orphans.pop(0)
+            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, orphan._trial_id)
+            logger.info("trial %s adopts Optuna trial %d asked for before the restore", trial_id, orphan.number)
+            return dict(orphan.params)
+        return super().suggest(trial_id)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._last[trial_id] = result
         self._report(trial_id, result)
@@ -63,8 +83,13 @@ class TruthfulOptunaSearch(OptunaSearch):
         if _finite(value) and step is not None:
             reported = self._reported.setdefault(trial_id, set())
             if int(step) not in reported:
-                ot_trial.report(float(value), int(step))
                 reported.add(int(step))
+                try:
+                    ot_trial.report(float(value), int(step))
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    # told before a driver crash that the restored searcher state predates: the
+                    # study already holds this trial's outcome; Tune re-runs it from its checkpoint.
+                    self._completed_trials.add(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:

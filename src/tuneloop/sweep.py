@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import shutil
@@ -21,6 +22,7 @@ from tuneloop.errors import UserError
 from tuneloop.search_space import apply_params
 
 STUDY_FILE = "optuna.db"
+DONE_FILE = "sweep_done"  # written once every trial of the sweep has ended
 EXPERIMENT_FILE = "experiment.yaml"
 
 
@@ -47,6 +49,23 @@ def trial_state(result: dict | None, error: bool) -> str:
     return outcome(result, error, metric="val_loss")[0]
 
 
+def build_trainable(cfg: ExperimentConfig):
+    """`train_trial` with the run section and the resources per trial (also what a restore needs)."""
+    from ray import tune
+
+    from tuneloop.trial import train_trial
+
+    sweep, run = cfg.sweep, cfg.run
+    run_dict = run.model_dump(mode="json", by_alias=True)
+    if sweep.scheduler.name in PAUSING_SCHEDULERS:
+        # A paused trial continues from its last checkpoint: without one every epoch, the epochs
+        # after it would run twice. PBT also needs the checkpoint of the epoch it exploits.
+        run_dict["checkpoint_config"].update(enabled=True, save_every_n_epochs=1)
+    return tune.with_resources(
+        tune.with_parameters(train_trial, run=run_dict, experiment=run.name),
+        {"cpu": sweep.resources_per_trial.cpu, "gpu": sweep.resources_per_trial.gpu})
+
+
 def build_tuner(cfg: ExperimentConfig, *, quiet: bool = False):
     """The Tuner for `cfg`: TruthfulOptunaSearch (or random search for PBT), the scheduler,
     resources per trial, failure and checkpoint settings."""
@@ -57,7 +76,6 @@ def build_tuner(cfg: ExperimentConfig, *, quiet: bool = False):
     from tuneloop.schedulers import build_scheduler
     from tuneloop.search_space import to_optuna, to_tune
     from tuneloop.searcher import StudyRecorder, TruthfulOptunaSearch
-    from tuneloop.trial import train_trial
 
     sweep, run = cfg.sweep, cfg.run
     directory = experiment_dir(cfg)
@@ -83,14 +101,7 @@ def build_tuner(cfg: ExperimentConfig, *, quiet: bool = False):
     callbacks.append(KeepCheckpoints(ck.keep_last_k, ck.monitor, ck.mode))
     scheduler = build_scheduler(sweep.scheduler.name, scheduler_kwargs, metric=sweep.metric,
                                 mode=sweep.mode, epochs=run.epochs, mutations=mutations, state_dir=directory)
-    run_dict = run.model_dump(mode="json", by_alias=True)
-    if sweep.scheduler.name in PAUSING_SCHEDULERS:
-        # A paused trial continues from its last checkpoint: without one every epoch, the epochs
-        # after it would run twice. PBT also needs the checkpoint of the epoch it exploits.
-        run_dict["checkpoint_config"].update(enabled=True, save_every_n_epochs=1)
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, run=run_dict, experiment=run.name),
-        {"cpu": sweep.resources_per_trial.cpu, "gpu": sweep.resources_per_trial.gpu})
+    trainable = build_trainable(cfg)
     tune_config = tune.TuneConfig(
         search_alg=searcher, scheduler=scheduler, num_samples=sweep.num_samples,
         max_concurrent_trials=sweep.max_concurrent_trials, reuse_actors=True,
@@ -118,17 +129,56 @@ class TrialRow:
     config: dict
 
 
+def tidy_histories(directory: Path) -> None:
+    """Drop repeated epochs from each trial's result.json and progress.csv (keeping the last row).
+
+    After a driver kill, Tune's snapshot can lag the rows already written: the restored trial runs
+    the epoch after its last checkpoint again, with identical losses when resume is exact.
+    """
+    for trial_dir in directory.glob("trial_*"):
+        result_file = trial_dir / "result.json"
+        if result_file.is_file():
+            rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+            kept = _last_per_epoch(rows, lambda row: row.get("epoch"))
+            if len(kept) != len(rows):
+                atomic_write_text(result_file, "".join(json.dumps(row) + "\n" for row in kept))
+        progress = trial_dir / "progress.csv"
+        if progress.is_file():
+            lines = progress.read_text().splitlines()
+            if lines:
+                reader = csv.DictReader(io.StringIO("\n".join(lines)))
+                rows = list(reader)
+                kept = _last_per_epoch(rows, lambda row: row.get("epoch"))
+                if len(kept) != len(rows):
+                    buffer = io.StringIO()
+                    writer = csv.DictWriter(buffer, fieldnames=reader.fieldnames, lineterminator="\n")
+                    writer.writeheader()
+                    writer.writerows(kept)
+                    atomic_write_text(progress, buffer.getvalue())
+
+
+def _last_per_epoch(rows: list, epoch_of) -> list:
+    latest = {}
+    for index, row in enumerate(rows):
+        latest[epoch_of(row)] = index
+    return [rows[i] for i in sorted(latest.values())]
+
+
+UNFINISHED = ("PENDING", "RUNNING", "PAUSED")  # Tune trial statuses of an interrupted sweep
+
+
 def summarize(cfg: ExperimentConfig, results) -> list[TrialRow]:
-    """One row per trial from Tune's ResultGrid."""
+    """One row per trial from Tune's ResultGrid (state `running` for a trial an interrupt left unfinished)."""
     rows = []
-    for result in results:
+    statuses = [t.status for t in results._experiment_analysis.trials]  # same order as the grid
+    for result, status in zip(results, statuses):
         history = result.metrics_dataframe
         losses = history["val_loss"].tolist() if history is not None and "val_loss" in history else []
         finite = [v for v in losses if isinstance(v, float) and math.isfinite(v)]
         metrics = result.metrics or {}
         rows.append(TrialRow(
             trial_id=metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"),
-            state=trial_state(metrics, result.error is not None),
+            state="running" if status in UNFINISHED else trial_state(metrics, result.error is not None),
             epochs=len(losses), best_val_loss=min(finite) if finite else math.inf,
             last_metric=metrics.get(cfg.sweep.metric, math.nan), config=dict(result.config or {})))
     return rows
@@ -172,7 +222,9 @@ def print_table(cfg: ExperimentConfig, rows: list[TrialRow], best: TrialRow | No
     for r in order:
         config = " ".join(f"{k}={_short(r.config.get(k))}" for k in keys)
         print(f"{r.trial_id:<12} {r.state:<9} {r.epochs:>6} {r.best_val_loss:>13.6g} {r.last_metric:>13.6g}  {config}")
-    counts = {s: sum(r.state == s for r in rows) for s in ("complete", "pruned", "failed")}
+    counts = {s: sum(r.state == s for r in rows) for s in ("complete", "pruned", "failed", "running")}
+    if not counts["running"]:
+        del counts["running"]
     print(f"{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if best is not None:
         print(f"best: trial {best.trial_id} {cfg.sweep.metric}={best.last_metric:.6g} "
@@ -188,6 +240,10 @@ def ensure_ray(address: str | None) -> bool:
     import ray
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # see build_tuner's loggers
+    # Snapshot the experiment state after every result (Tune's default: every >= 10 s). After a
+    # driver crash, trials restart from the checkpoint the last snapshot names: with a lagging
+    # snapshot they would retrain every epoch since. Users may set their own period.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     if ray.is_initialized():
         return False
     ray.init(address=address, include_dashboard=False, log_to_driver=True,
@@ -207,18 +263,64 @@ def run_sweep(cfg: ExperimentConfig, *, file: str, address: str | None = None, q
         shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_text(directory / EXPERIMENT_FILE, dump_yaml(cfg.model_dump(mode="json", by_alias=True)))
+    return _fit(cfg, lambda: build_tuner(cfg, quiet=quiet), address)
+
+
+def resume_sweep(directory: Path, *, address: str | None = None) -> int:
+    """Continue an interrupted sweep: finished trials stay, running ones continue from their last
+    checkpoint, pending ones start; the searcher and the schedulers' saved state continue."""
+    from ray import tune
+
+    from tuneloop.config import load_experiment
+
+    directory = Path(directory).expanduser().resolve()
+    if not (directory / EXPERIMENT_FILE).is_file() or not tune.Tuner.can_restore(str(directory)):
+        raise UserError("is not a tuneloop sweep directory (no experiment.yaml and Tune state in it)",
+                        key="EXPERIMENT_DIR", value=str(directory))
+    cfg = load_experiment(directory / EXPERIMENT_FILE)
+    if experiment_dir(cfg) != directory:  # moved: keep storage next to the directory given
+        cfg.sweep.storage_path = str(directory.parent)
+    if (directory / DONE_FILE).is_file():
+        print(f"the sweep in {directory} already finished; nothing to resume "
+              f"(`tuneloop report {directory}` summarizes it)")
+        return 0
+
+    def restore():
+        return tune.Tuner.restore(str(directory), trainable=build_trainable(cfg), resume_unfinished=True,
+                                  resume_errored=True,
+                                  param_space=_param_space(cfg) if cfg.sweep.scheduler.name == "pbt" else None)
+
+    return _fit(cfg, restore, address)
+
+
+def _param_space(cfg: ExperimentConfig) -> dict:
+    from tuneloop.search_space import to_tune
+
+    return to_tune(cfg.sweep.search_space)
+
+
+def _fit(cfg: ExperimentConfig, make_tuner, address: str | None) -> int:
     import ray
 
+    directory = experiment_dir(cfg)
     started = ensure_ray(address)
     try:
-        results = build_tuner(cfg, quiet=quiet).fit()
+        results = make_tuner().fit()
     finally:
         if started:
             ray.shutdown()
+    if cfg.sweep.scheduler.name != "pbt":  # PBT's clones legitimately go back in epochs
+        tidy_histories(directory)
     rows = summarize(cfg, results)
     best = write_results(cfg, rows, directory)
     print_table(cfg, rows, best)
     print(f"experiment directory: {directory}")
+    unfinished = [r for r in rows if r.state == "running"]
+    if unfinished or len(rows) < cfg.sweep.num_samples:
+        print(f"interrupted: {len(unfinished)} trial(s) unfinished, {cfg.sweep.num_samples - len(rows)} not "
+              f"started; continue with `tuneloop resume {directory}`")
+        return 130
+    atomic_write_text(directory / DONE_FILE, f"{len(rows)} trials\n")
     if rows and all(r.state == "failed" for r in rows):
         print(f"error: all {len(rows)} trials failed; tracebacks in {directory}/trial_*/error.txt")
         return 1

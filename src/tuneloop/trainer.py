@@ -57,7 +57,7 @@ class Trainer:
             on_val_end
             on_epoch_end
             stop checks, in callback priority order (NaN → inf, early stop, …) → break
-            scheduler.step()
+            scheduler.step()  (ReduceLROnPlateau: scheduler.step(val_loss))
         on_train_end  (always: normal end, stop, prune via SystemExit, or exception)
         """
         self.epochs = epochs
@@ -76,7 +76,10 @@ class Trainer:
                 if self.stop_reason:
                     break
                 if self.scheduler is not None:
-                    self.scheduler.step()
+                    if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                        self.scheduler.step(val_loss)  # the one built-in schedule that needs a metric
+                    else:
+                        self.scheduler.step()
         finally:
             self.callbacks.fire("on_train_end", trainer=self)
         return val_loss if math.isfinite(val_loss) and self.stop_reason != NON_FINITE_STOP else math.inf
@@ -100,7 +103,8 @@ class Trainer:
             loss_sum += loss * n
             count += n
             self.callbacks.fire("on_train_step_end", trainer=self, batch_idx=batch_idx, loss=loss)
-        return float(loss_sum / max(count, 1))
+        _check_not_empty(count, "training", epoch)
+        return float(loss_sum / count)
 
     @torch.no_grad()
     def val_epoch(self, loader, epoch: int) -> tuple[float, dict[str, float]]:
@@ -116,14 +120,19 @@ class Trainer:
             values = [self.criterion(outputs, targets)] + [fn(outputs, targets) for fn in self.metrics.values()]
             sums += torch.stack([v.detach().float() for v in values]) * n
             count += n
-        means = (sums / max(count, 1)).tolist()
+        _check_not_empty(count, "validation", epoch)
+        means = (sums / count).tolist()
         val_loss = means[0]
         metrics = {f"val_{name}": value for name, value in zip(self.metrics, means[1:])}
         self.callbacks.fire("on_val_end", trainer=self, epoch=epoch, val_loss=val_loss, metrics=metrics)
         return val_loss, metrics
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor if tensor.device == self.device else tensor.to(self.device, non_blocking=True)
+        if tensor.device == self.device:
+            return tensor
+        # non_blocking only towards an accelerator: a non-blocking copy to the CPU may be read
+        # before it has landed.
+        return tensor.to(self.device, non_blocking=self.device.type != "cpu")
 
     def epoch_record(self, epoch: int, train_loss: float, val_loss: float, metrics: dict) -> dict:
         """The per-epoch record every logger and reporter uses (W&B, Tune, metrics.csv).
@@ -144,3 +153,11 @@ class Trainer:
     def lr(self) -> float:
         """The learning rate of the optimizer's first parameter group."""
         return float(self.optimizer.param_groups[0]["lr"])
+
+
+def _check_not_empty(count: int, which: str, epoch: int) -> None:
+    """An epoch without samples has no loss: say so instead of reporting a loss of 0."""
+    if count == 0:
+        raise ValueError(
+            f"the {which} loader gave no samples in epoch {epoch}; loaders must be re-iterable "
+            f"collections of (inputs, targets) batches (a generator is used up after one pass)")

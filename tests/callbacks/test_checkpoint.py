@@ -1,91 +1,215 @@
-"""CheckpointCallback standalone: periodic saves, keep_last_k by epoch number, best by monitor."""
+"""CheckpointCallback standalone: periodic saves, the last epoch, keep_last_k by epoch number,
+best/ by monitor and mode, and failed saves that leave the earlier checkpoints intact."""
 
 from __future__ import annotations
 
+import math
+import os
+
 import pytest
 import torch
+from torch import nn
 
-from tuneloop.callbacks import CheckpointCallback, TrainingCallback
+from tuneloop.callbacks import (CheckpointCallback, EarlyStoppingCallback, NaNDetectionCallback,
+                                TrainingCallback)
 from tuneloop.checkpointing import load_state
 from tuneloop.data import TensorBatches
-from tuneloop.metrics import accuracy
 from tuneloop.trainer import Trainer
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: intra-op threads only contend (on a loaded 2-core box, 10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class ScriptedLoss(nn.Module):
+    """A user criterion: cross-entropy while training, a scripted value per epoch in validation."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+        self.epoch = 0
+        self.ce = nn.CrossEntropyLoss()
+
+    def forward(self, outputs, targets):
+        if torch.is_grad_enabled() or self.values is None:
+            return self.ce(outputs, targets)
+        return outputs.new_tensor(self.values[self.epoch])
+
+
 class Script(TrainingCallback):
-    """Replaces the val_loss/val_accuracy seen by later callbacks with scripted values."""
+    """Tells the scripted criterion which epoch is being validated."""
 
     priority = 1
 
-    def __init__(self, values):
-        self.values = values
+    def __init__(self, criterion):
+        self.criterion = criterion
+
+    def on_val_begin(self, trainer, *, epoch, **kwargs):
+        self.criterion.epoch = epoch
 
 
-def run(tmp_path, epochs, values=None, **kwargs):
+class Seen(TrainingCallback):
+    """After the checkpoint (99): the epoch's checkpoint dir and a copy of the model weights."""
+
+    priority = 99
+
+    def __init__(self):
+        self.checkpoints, self.weights = [], []
+
+    def on_epoch_end(self, trainer, *, epoch, **kwargs):
+        self.checkpoints.append(trainer._epoch_checkpoint)
+        self.weights.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+
+def run(tmp_path, epochs, values=None, extra=(), **kwargs):
+    """Train a small model for `epochs` with a CheckpointCallback(tmp_path/"ck", **kwargs).
+
+    `values`: scripted val_loss per epoch; the metric `val_score` is its negative.
+    """
     torch.manual_seed(0)
-    model = torch.nn.Linear(4, 2)
+    model = nn.Linear(4, 2)
+    criterion = ScriptedLoss(values)
+    seen = Seen()
     callback = CheckpointCallback(tmp_path / "ck", **kwargs)
-    seen = []
-
-    class Record(TrainingCallback):
-        priority = 99
-
-        def on_epoch_end(self, trainer, *, epoch, **kw):
-            seen.append(trainer._epoch_checkpoint)
-
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), None, torch.nn.CrossEntropyLoss(),
-                      [callback, Record()], metrics={"accuracy": accuracy})
-    if values is not None:  # scripted monitor values by epoch
-        original = trainer.val_epoch
-
-        def val_epoch(loader, epoch):
-            loss, metrics = original(loader, epoch)
-            return values[epoch], {"val_accuracy": -values[epoch]}
-
-        trainer.val_epoch = val_epoch
+    score = {"score": lambda outputs, targets: -criterion(outputs, targets)}
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), None, criterion,
+                      [Script(criterion), callback, seen, *extra], metrics=score)
     x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
-    trainer.train(TensorBatches(x, y, 8), TensorBatches(x, y, 32), epochs)
+    trainer.train(TensorBatches(x, y, 8, shuffle=True), TensorBatches(x, y, 32), epochs)
     return tmp_path / "ck", seen
 
 
 def names(directory):
+    """Every entry, hidden ones (temporary files and folders) included."""
     return sorted(p.name for p in directory.iterdir())
+
+
+def assert_same_weights(state, weights):
+    assert state.keys() == weights.keys()
+    for key in weights:
+        assert torch.equal(state[key], weights[key]), key
 
 
 def test_keep_last_k_by_epoch_number_past_ten(tmp_path):
     directory, seen = run(tmp_path, 12, keep_last_k=3)
-    assert names(directory) == ["best", "epoch_10", "epoch_11", "epoch_9"]  # epoch_9 < epoch_10 by number
-    assert seen[-1] == str(directory / "epoch_11")
-    assert load_state(directory / "epoch_10")["epoch"] == 10
+    # by number epoch_9 < epoch_10 < epoch_11; by name "epoch_10" < "epoch_11" < "epoch_9" would keep 9
+    # and delete 10 after epoch_11 was written
+    assert names(directory) == ["best", "epoch_10", "epoch_11", "epoch_9"]
+    assert seen.checkpoints == [str(directory / f"epoch_{e}") for e in range(12)]
+    for epoch in (9, 10, 11):
+        state = load_state(directory / f"epoch_{epoch}")
+        assert state["epoch"] == epoch
+        assert_same_weights(state["model"], seen.weights[epoch])
+    assert names(directory / "epoch_10") == ["state.pt"]
+    best = load_state(directory / "best")["epoch"]
+    assert best == 11  # the val loss of plain gradient descent on its training set falls every epoch
+    # a best that is also a periodic checkpoint shares its file (a hard link, not a second write)
+    assert os.path.samefile(directory / "best" / "state.pt", directory / "epoch_11" / "state.pt")
+    assert names(directory / "best") == ["state.pt"]
 
 
 def test_every_n_epochs_and_always_the_last(tmp_path):
-    directory, seen = run(tmp_path, 7, save_every_n_epochs=3, keep_last_k=5)
-    assert [p for p in names(directory) if p.startswith("epoch")] == ["epoch_2", "epoch_5", "epoch_6"]
-    assert [s is not None for s in seen] == [False, False, True, False, False, True, True]
+    directory, seen = run(tmp_path, 7, save_every_n_epochs=3, keep_last_k=5, keep_best=False)
+    assert names(directory) == ["epoch_2", "epoch_5", "epoch_6"]
+    assert seen.checkpoints == [None, None, str(directory / "epoch_2"), None, None,
+                                str(directory / "epoch_5"), str(directory / "epoch_6")]
+    assert [load_state(directory / f"epoch_{e}")["epoch"] for e in (2, 5, 6)] == [2, 5, 6]
+
+
+def test_the_epoch_after_which_early_stopping_ends_training_is_saved(tmp_path):
+    stopper = EarlyStoppingCallback(patience=2, min_delta=10.0)  # nothing after epoch 0 improves
+    directory, seen = run(tmp_path, 20, save_every_n_epochs=5, keep_best=False, extra=[stopper])
+    assert len(seen.checkpoints) == 3  # stopped after epoch 2
+    assert names(directory) == ["epoch_2"] and seen.checkpoints[-1] == str(directory / "epoch_2")
+
+
+def test_no_checkpoint_of_a_non_finite_epoch(tmp_path):
+    values = [0.5, 0.4, math.nan, 0.3]
+    directory, seen = run(tmp_path, 4, values=values, save_every_n_epochs=5, extra=[NaNDetectionCallback()])
+    assert seen.checkpoints == [None, None, None]  # stopped after the NaN epoch; nothing periodic due
+    assert names(directory) == ["best"] and load_state(directory / "best")["epoch"] == 1
 
 
 @pytest.mark.parametrize("monitor, mode, best_epoch", [
-    ("val_loss", "min", 2), ("val_loss", "max", 4), ("val_accuracy", "max", 2), ("val_accuracy", "min", 4),
+    ("val_loss", "min", 2), ("val_loss", "max", 4), ("val_score", "max", 2), ("val_score", "min", 4),
 ])
-def test_best_by_monitor(tmp_path, monitor, mode, best_epoch):
+def test_best_by_monitor_and_mode(tmp_path, monitor, mode, best_epoch):
     values = [0.9, 0.5, 0.2, 0.6, 1.2, 0.3]
-    directory, _ = run(tmp_path, 6, values=values, monitor=monitor, mode=mode, keep_last_k=1)
+    directory, seen = run(tmp_path, 6, values=values, monitor=monitor, mode=mode, keep_last_k=1)
+    assert names(directory) == ["best", "epoch_5"]
     state = load_state(directory / "best")
     assert state["epoch"] == best_epoch
-    assert state["callbacks"]["CheckpointCallback"]["best_value"] == pytest.approx(
-        values[best_epoch] if monitor == "val_loss" else -values[best_epoch])
+    assert_same_weights(state["model"], seen.weights[best_epoch])
+    expected = values[best_epoch] if monitor == "val_loss" else -values[best_epoch]
+    assert state["callbacks"]["CheckpointCallback"]["best_value"] == pytest.approx(expected)
+
+
+def test_best_by_train_loss(tmp_path):
+    directory, seen = run(tmp_path, 8, monitor="train_loss", mode="min", keep_last_k=1)
+    # plain gradient descent on a fixed set: the training loss falls every epoch, the last is best
+    assert load_state(directory / "best")["epoch"] == 7
 
 
 def test_best_survives_the_deletion_of_its_periodic_twin(tmp_path):
     values = [0.1, 0.5, 0.6, 0.7, 0.8]  # epoch 0 stays best while epoch_0 is rotated out
-    directory, _ = run(tmp_path, 5, values=values, keep_last_k=2)
+    directory, seen = run(tmp_path, 5, values=values, keep_last_k=2)
     assert names(directory) == ["best", "epoch_3", "epoch_4"]
-    assert load_state(directory / "best")["epoch"] == 0
+    state = load_state(directory / "best")
+    assert state["epoch"] == 0
+    assert_same_weights(state["model"], seen.weights[0])
+
+
+def test_a_new_best_replaces_the_old_one_even_when_not_due(tmp_path):
+    values = [0.9, 0.8, 0.1, 0.5]
+    directory, seen = run(tmp_path, 4, values=values, save_every_n_epochs=10)
+    assert names(directory) == ["best", "epoch_3"]
+    assert load_state(directory / "best")["epoch"] == 2
+    assert seen.checkpoints == [None, None, None, str(directory / "epoch_3")]
+
+
+def test_an_unknown_monitor_is_an_error_naming_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"'val_acc'.*valid: val_loss, train_loss, val_score") as info:
+        run(tmp_path, 2, values=[0.5, 0.4], monitor="val_acc")
+    assert any("CheckpointCallback" in note for note in info.value.__notes__)
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="save_every_n_epochs"):
         CheckpointCallback(tmp_path, save_every_n_epochs=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="keep_last_k"):
         CheckpointCallback(tmp_path, keep_last_k=0)
+    with pytest.raises(ValueError, match="mode"):
+        CheckpointCallback(tmp_path, mode="lowest")
+
+
+class Unpicklable(TrainingCallback):
+    """A user callback whose state cannot be serialized from epoch `at` on."""
+
+    def __init__(self, at):
+        self.at, self.epoch = at, 0
+
+    def on_epoch_end(self, trainer, *, epoch, **kwargs):
+        self.epoch = epoch
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "hook": (lambda: None) if self.epoch >= self.at else None}
+
+    def load_state_dict(self, state):
+        self.epoch = state["epoch"]
+
+
+def test_a_failed_save_leaves_the_earlier_checkpoints_intact(tmp_path):
+    values = [0.9, 0.8, 0.1, 0.05]  # epoch 2 would be a new best and periodic
+    with pytest.raises(Exception, match="pickle") as info:
+        run(tmp_path, 4, values=values, keep_last_k=5, extra=[Unpicklable(at=2)])
+    assert any("CheckpointCallback" in note for note in info.value.__notes__)
+    directory = tmp_path / "ck"
+    assert names(directory) == ["best", "epoch_0", "epoch_1"]  # no epoch_2, no temporary files
+    assert names(directory / "best") == ["state.pt"]
+    assert load_state(directory / "best")["epoch"] == 1
+    assert [load_state(directory / f"epoch_{e}")["epoch"] for e in (0, 1)] == [0, 1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -27,14 +28,17 @@ def blobs(n: int = 240, features: int = 8, classes: int = 3, seed: int = 0):
 class Probe(nn.Module):
     """A small MLP that behaves as told: mode ok, nan (outputs NaN), or raise (forward raises)."""
 
-    def __init__(self, hidden: int = 16, mode: str = "ok", features: int = 8, classes: int = 3):
+    def __init__(self, hidden: int = 16, mode: str = "ok", features: int = 8, classes: int = 3,
+                 delay: float = 0.0):
         super().__init__()
-        self.mode = mode
+        self.mode, self.delay = mode, delay
         self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
 
     def forward(self, x):
         if self.mode == "raise":
             raise RuntimeError("Probe: forward failed on purpose")
+        if self.delay:
+            time.sleep(self.delay)
         out = self.net(x)
         return out * float("nan") if self.mode == "nan" else out
 
@@ -59,3 +63,17 @@ class MarkerCallback(TrainingCallback):
         (self.directory / f"{uuid.uuid4().hex}.json").write_text(json.dumps(
             {"pid": os.getpid(), "epochs": self.epochs, "first_train_loss": self.first_train_loss,
              "params": next(trainer.model.parameters()).flatten()[:4].tolist()}))
+
+
+class EpochLog(TrainingCallback):
+    """Appends one line per trained epoch to `path` (shared by all trials): what was really trained."""
+
+    priority = 60
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_epoch_end(self, trainer, *, epoch, train_loss, val_loss, **kwargs):
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"pid": os.getpid(), "epoch": epoch, "params": trainer.optimizer.param_groups[0]["lr"],
+                                     "val_loss": val_loss}) + "\n")

@@ -70,11 +70,13 @@ class CallbackRunner:
     """Holds callbacks sorted by priority (stable: ties keep insertion order) and fires events."""
 
     def __init__(self, callbacks: Iterable[TrainingCallback] = ()):
-        self.callbacks: list[TrainingCallback] = sorted(callbacks, key=lambda c: c.priority)
-        # Per event, only the callbacks that override that hook, in the event's order.
+        given = list(callbacks)
+        self.callbacks: list[TrainingCallback] = sorted(given, key=lambda c: c.priority)
+        # Per event, only the callbacks that override that hook, in the event's order (by
+        # `hook_priority` where a callback sets one; ties keep insertion order there too).
         self._by_event: dict[str, list[TrainingCallback]] = {
             event: sorted(
-                (c for c in self.callbacks if _overrides(c, event)),
+                (c for c in given if _overrides(c, event)),
                 key=lambda c, e=event: c.hook_priority.get(e, c.priority),
             )
             for event in EVENTS
@@ -96,12 +98,15 @@ class CallbackRunner:
                 raise
 
     def stop_reason(self) -> str | None:
-        """The first stop reason a callback gives, in priority order, else None."""
-        for callback in self.callbacks:
-            reason = callback.stop_reason()
-            if reason:
-                return reason
-        return None
+        """The first stop reason a callback gives, in priority order, else None.
+
+        A non-finite-loss stop wins over every other reason, whatever the priorities (SPEC §2:
+        NaN wins over early stopping), so `Trainer.train()` then returns inf.
+        """
+        reasons = [reason for reason in (callback.stop_reason() for callback in self.callbacks) if reason]
+        if NON_FINITE_STOP in reasons:
+            return NON_FINITE_STOP
+        return reasons[0] if reasons else None
 
     def __iter__(self):
         return iter(self.callbacks)

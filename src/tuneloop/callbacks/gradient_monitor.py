@@ -18,7 +18,7 @@ class GradientMonitorCallback(TrainingCallback):
 
     def __init__(self, warn_threshold: float = 1e4):
         self.warn_threshold = float(warn_threshold)
-        self._norms: list = []  # per step: the per-parameter gradient norms, on the device
+        self._norms: list = []  # per step: the total gradient L2 norm (0-dim), on the device
         self._params: list = []  # the model's parameters, gathered once per epoch
 
     def on_train_epoch_begin(self, trainer, **kwargs):
@@ -27,14 +27,16 @@ class GradientMonitorCallback(TrainingCallback):
 
     def on_train_step_end(self, trainer, **kwargs):
         grads = [p.grad for p in self._params if p.grad is not None]
-        if grads:  # two small device ops per step; the totals are reduced once per epoch
-            self._norms.append(torch.stack(torch._foreach_norm(grads)))
+        if grads:  # a few small device ops per step; the epoch's max is read once, at epoch end
+            # The total per step (not the per-parameter norms), since the set of parameters with
+            # a gradient may change from step to step (a branch the forward pass skips).
+            self._norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
 
     def on_epoch_end(self, trainer, *, epoch, **kwargs):
         if not self._norms:
             trainer._max_grad_norm = None
             return
-        totals = torch.linalg.vector_norm(torch.stack(self._norms), dim=1)  # one L2 norm per step
+        totals = torch.stack(self._norms)  # one L2 norm per step
         flagged = (totals > self.warn_threshold) | ~torch.isfinite(totals)
         max_norm, over = torch.stack([totals.max(), flagged.sum().to(totals.dtype)]).tolist()  # NaN propagates
         trainer._max_grad_norm = max_norm

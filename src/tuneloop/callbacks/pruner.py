@@ -4,7 +4,8 @@ The seed runs it at priority 85, but Tune wants metrics and checkpoint in one ca
 `on_epoch_end` runs at priority 100 (`hook_priority`): after every producer has written its shared
 attribute and after CheckpointCallback (95) has left the epoch's checkpoint directory in
 `trainer._epoch_checkpoint`. It then sends `trainer.epoch_record(...)` in a single report. A scheduler STOP arrives as `SystemExit` from
-the report; it passes through the Trainer (which still fires `on_train_end`).
+the report; it passes through unchanged (the Trainer still fires `on_train_end`), after the callback
+has set `trainer.stop_reason = "pruned"` so that `on_train_end` hooks (W&B) can mark the run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import time
 from typing import Callable
 
 from tuneloop.callbacks.base import TrainingCallback
+
+PRUNED = "pruned"  # `trainer.stop_reason` after `report` raised SystemExit (a scheduler stopped the trial)
 
 
 class PrunerCallback(TrainingCallback):
@@ -38,7 +41,11 @@ class PrunerCallback(TrainingCallback):
         reason = trainer.callbacks.stop_reason() or ("complete" if epoch == trainer.epochs - 1 else "")
         record.update(self.static, trial_done=bool(reason), done_reason=reason, reported_at=time.time())
         self.reports += 1
-        self.report(record, trainer._epoch_checkpoint)
+        try:
+            self.report(record, trainer._epoch_checkpoint)
+        except SystemExit:  # a scheduler STOP: the trial is pruned; on_train_end hooks can see it
+            trainer.stop_reason = PRUNED
+            raise
 
 
 def _tune_report(metrics: dict, checkpoint_dir: str | None) -> None:

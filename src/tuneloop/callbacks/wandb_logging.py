@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from tuneloop.callbacks.base import TrainingCallback
 
 
@@ -10,7 +12,11 @@ class WandbLoggingCallback(TrainingCallback):
 
     The run is started at `on_train_begin` with `init_kwargs` (project, group, id, name, config,
     mode, dir, ...; `resume="allow"` by default) unless a run is active, and finished at
-    `on_train_end` when this callback started it. `summary` entries are set before finishing.
+    `on_train_end` when this callback started it. Before that, the `summary` entries and
+    `stop_reason` are written to the run's summary: "complete", the trainer's stop reason
+    ("early_stopping", "non_finite_loss", "pruned" when a scheduler stopped the trial) or
+    "error: <exception type>". A run that ended with an exception is finished with exit code 1,
+    so W&B shows it as failed; a pruned run finishes normally.
     """
 
     priority = 80
@@ -20,10 +26,12 @@ class WandbLoggingCallback(TrainingCallback):
         self.run = None
         self._owns_run = False
         self.summary: dict = {}
+        self._outer_error = None  # an exception already being handled where train() was called
 
     def on_train_begin(self, trainer, **kwargs):
         import wandb
 
+        self._outer_error = sys.exc_info()[1]
         if wandb.run is not None:
             self.run, self._owns_run = wandb.run, False
         else:
@@ -39,8 +47,27 @@ class WandbLoggingCallback(TrainingCallback):
     def on_train_end(self, trainer, **kwargs):
         if self.run is None:
             return
-        for key, value in self.summary.items():
-            self.run.summary[key] = value
-        if self._owns_run:
-            self.run.finish()
-        self.run = None
+        run, self.run = self.run, None
+        error = sys.exc_info()[1]
+        reason, exit_code = _outcome(trainer, None if error is self._outer_error else error)
+        try:
+            for key, value in self.summary.items():
+                run.summary[key] = value
+            run.summary["stop_reason"] = reason
+        finally:
+            if self._owns_run:
+                run.finish(exit_code=exit_code)
+
+
+def _outcome(trainer, error: BaseException | None) -> tuple[str, int]:
+    """(stop_reason, exit_code) of the training that is ending. `error` is the exception on its way
+    out of `train()`, if any: `on_train_end` runs in the Trainer's `finally`, where it is visible."""
+    stopped = getattr(trainer, "stop_reason", None)
+    if stopped == "pruned" or (stopped and error is None):
+        return stopped, 0
+    if isinstance(error, SystemExit):
+        code = error.code
+        return "exit", code if isinstance(code, int) else (0 if code is None else 1)
+    if error is not None:
+        return f"error: {type(error).__name__}", 1
+    return "complete", 0

@@ -1,0 +1,125 @@
+"""`tuneloop resume`: a sweep whose driver is interrupted (SIGINT, SIGKILL) at a random point and
+resumed finishes with every trial's epochs exactly once, no config proposed twice, no epoch trained
+more than needed, and an Optuna study with exactly the sweep's trials (modelled on Ray's
+test_experiment_restore)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from test_sweep import probe_experiment
+
+TRIALS, EPOCHS = 6, 8
+
+
+def launch(args: list[str], ray_tmp: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "tuneloop.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def epochs_logged(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def leftover_ray_processes(ray_tmp: str) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if ray_tmp in line]
+
+
+@pytest.fixture
+def ray_tmp():
+    path = tempfile.mkdtemp(prefix="tlr-", dir="/tmp")
+    yield path
+    for pid in leftover_ray_processes(path):  # only what this test's Ray started
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGINT], [signal.SIGKILL]],
+                         ids=["sigint", "sigkill"])
+def test_interrupted_sweep_resumes_without_loss(tmp_path, ray_tmp, signals):
+    log = tmp_path / "epochs.jsonl"
+    experiment = probe_experiment(tmp_path, epochs=EPOCHS, num_samples=TRIALS, max_concurrent_trials=2,
+                                  scheduler={"name": "asha", "grace_period": 2, "reduction_factor": 2},
+                                  sampler={"name": "TPESampler", "seed": 0})
+    experiment["run"]["net_config"]["delay"] = 0.01
+    experiment["run"]["checkpoint_config"]["save_every_n_epochs"] = 1
+    experiment["run"]["callbacks"] = [{"class": "tl_testing.EpochLog", "path": str(log)}]
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    directory = tmp_path / "results" / "probe"
+    rng = random.Random(len(signals))
+
+    commands = [["sweep", str(path), "--quiet"]] + [["resume", str(directory)]] * len(signals)
+    for step, command in enumerate(commands):
+        process = launch(command, ray_tmp, tmp_path)
+        if step < len(signals):
+            target = epochs_logged(log) + rng.randint(3, 12)  # a random point of the run
+            deadline = time.monotonic() + 120
+            while epochs_logged(log) < target and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.kill(process.pid, signals[step])
+        output, _ = process.communicate(timeout=240)
+        if step < len(signals) and signals[step] == signal.SIGKILL:
+            time.sleep(1.0)
+            assert not leftover_ray_processes(ray_tmp), "Ray processes outlived the killed driver"
+        if step == len(commands) - 1:
+            assert process.returncode == 0, output
+
+    # every trial has all its epochs exactly once, in order
+    histories = {}
+    for result in sorted(directory.glob("trial_*/result.json")):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        epochs = [r["epoch"] for r in rows]
+        assert epochs == list(range(len(epochs))), (result, epochs)
+        histories[result.parent.name] = rows
+    assert len(histories) == TRIALS
+    # the Optuna study has exactly the sweep's trials: none RUNNING, none twice
+    study = optuna.load_study(study_name="probe", storage=f"sqlite:///{directory / 'optuna.db'}")
+    assert len(study.trials) == TRIALS
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
+    lrs = [t.params["optimizer_config.lr"] for t in study.trials]
+    assert len(set(lrs)) == TRIALS  # the searcher proposed each config once
+    for trial in study.trials:  # each study trial matches one Tune trial's history
+        told = [trial.intermediate_values[e] for e in sorted(trial.intermediate_values)]
+        matches = [rows for rows in histories.values()
+                   if [r["val_loss"] for r in rows][:len(told)] == told[:len(rows)]]
+        assert len(matches) == 1, trial
+        rows = matches[0]
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert len(rows) == len(told) == EPOCHS and trial.value == rows[-1]["val_loss"]
+        else:  # a trial pruned around a kill: Tune's snapshot and the study may differ by one epoch
+            assert abs(len(rows) - len(told)) <= 1 and not rows[-1]["trial_done"]
+    # no more epochs trained than needed: one checkpoint interval per running trial per interruption
+    needed = sum(len(rows) for rows in histories.values())
+    assert epochs_logged(log) <= needed + 2 * 1 * len(signals)
+    assert (directory / "sweep_done").exists()
+    finished = launch(["resume", str(directory)], ray_tmp, tmp_path)
+    output, _ = finished.communicate(timeout=120)
+    assert finished.returncode == 0 and "already finished" in output
+
+
+def test_resume_of_a_directory_that_is_not_a_sweep(tmp_path, capsys):
+    from tuneloop import cli
+
+    (tmp_path / "notes.txt").write_text("hello")
+    assert cli.main(["resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a tuneloop sweep directory" in err and str(tmp_path) in err
