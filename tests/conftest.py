@@ -52,3 +52,22 @@ def ray_local():
     temp_dir = start_ray()
     yield
     stop_ray(temp_dir)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: intra-op threads only contend (on a loaded 2-core box, 10x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's digits as (train, val) TensorDatasets."""
+    from tuneloop.recipes.digits import load_data
+
+    return load_data()

@@ -17,15 +17,6 @@ from tuneloop.data import TensorBatches
 from tuneloop.trainer import Trainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only contend (on a loaded 2-core box, 10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ScriptedLoss(nn.Module):
     """A user criterion: cross-entropy while training, a scripted value per epoch in validation."""
 

@@ -15,22 +15,8 @@ from tuneloop.callbacks import (CheckpointCallback, EarlyStoppingCallback, Gradi
 from tuneloop.checkpointing import load_state
 from tuneloop.data import make_loader
 from tuneloop.metrics import accuracy
-from tuneloop.recipes.digits import MLP, load_data
+from tuneloop.recipes.digits import MLP
 from tuneloop.trainer import Trainer
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only contend (on a loaded 2-core box, 10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data()
 
 
 class Seen(TrainingCallback):

@@ -14,7 +14,7 @@ from tuneloop.callbacks import (EarlyStoppingCallback, GradientMonitorCallback, 
                                 WandbLoggingCallback)
 from tuneloop.data import make_loader
 from tuneloop.metrics import accuracy
-from tuneloop.recipes.digits import MLP, load_data
+from tuneloop.recipes.digits import MLP
 from tuneloop.trainer import Trainer
 
 import wandb_records
@@ -50,20 +50,6 @@ def offline(tmp_path, monkeypatch):
     if wandb.run is not None:
         wandb.run.finish()
     wandb.teardown()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only contend (on a loaded 2-core box, 10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data()
 
 
 class Seen(TrainingCallback):
