@@ -34,7 +34,7 @@ def start_ray(**kwargs):
     import ray
 
     temp_dir = tempfile.mkdtemp(prefix="tlray-", dir="/tmp")
-    ray.init(num_cpus=kwargs.pop("num_cpus", 2), include_dashboard=False, _temp_dir=temp_dir,
+    ray.init(address="local", num_cpus=kwargs.pop("num_cpus", 2), include_dashboard=False, _temp_dir=temp_dir,
              configure_logging=False, log_to_driver=False, **kwargs)
     return temp_dir
 

@@ -52,9 +52,16 @@ def ray_tmp():
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.mark.parametrize("signals", [[signal.SIGINT], [signal.SIGKILL]],
-                         ids=["sigint", "sigkill"])
-def test_interrupted_sweep_resumes_without_loss(tmp_path, ray_tmp, signals):
+def damage_searcher_state(directory: Path) -> None:
+    """What a driver killed while Tune copies its snapshot to the storage leaves: a truncated file."""
+    state = sorted(directory.glob("searcher-state-*.pkl"))[-1]
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 3])
+
+
+@pytest.mark.parametrize("signals, damage", [([signal.SIGINT], False), ([signal.SIGKILL], False),
+                                             ([signal.SIGINT, signal.SIGKILL], True)],
+                         ids=["sigint", "sigkill", "sigint-then-sigkill-with-damaged-state"])
+def test_interrupted_sweep_resumes_without_loss(tmp_path, ray_tmp, signals, damage):
     log = tmp_path / "epochs.jsonl"
     experiment = probe_experiment(tmp_path, epochs=EPOCHS, num_samples=TRIALS, max_concurrent_trials=2,
                                   scheduler={"name": "asha", "grace_period": 2, "reduction_factor": 2},
@@ -80,6 +87,10 @@ def test_interrupted_sweep_resumes_without_loss(tmp_path, ray_tmp, signals):
         if step < len(signals) and signals[step] == signal.SIGKILL:
             time.sleep(1.0)
             assert not leftover_ray_processes(ray_tmp), "Ray processes outlived the killed driver"
+            if damage:
+                damage_searcher_state(directory)
+        if damage and step == len(signals):
+            assert "Tune's experiment state was damaged (searcher-state-" in output, output
         if step == len(commands) - 1:
             assert process.returncode == 0, output
 
@@ -108,8 +119,9 @@ def test_interrupted_sweep_resumes_without_loss(tmp_path, ray_tmp, signals):
         else:  # a trial pruned around a kill: Tune's snapshot and the study may differ by one epoch
             assert abs(len(rows) - len(told)) <= 1 and not rows[-1]["trial_done"]
     # no more epochs trained than needed: one checkpoint interval per running trial per interruption
+    # (from a damaged snapshot's backup, which may lag the snapshot by one result: one more)
     needed = sum(len(rows) for rows in histories.values())
-    assert epochs_logged(log) <= needed + 2 * 1 * len(signals)
+    assert epochs_logged(log) <= needed + 2 * 1 * len(signals) + (2 if damage else 0)
     assert (directory / "sweep_done").exists()
     finished = launch(["resume", str(directory)], ray_tmp, tmp_path)
     output, _ = finished.communicate(timeout=120)
@@ -123,3 +135,63 @@ def test_resume_of_a_directory_that_is_not_a_sweep(tmp_path, capsys):
     assert cli.main(["resume", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "is not a tuneloop sweep directory" in err and str(tmp_path) in err
+
+
+def test_a_moved_experiment_directory_resumes_where_it_now_is(tmp_path, ray_tmp):
+    """The searcher, the ASHA state and the study are found in the directory resumed, not where
+    Tune pickled them (tuner.pkl and the searcher state hold no absolute path of ours)."""
+    log = tmp_path / "epochs.jsonl"
+    experiment = probe_experiment(tmp_path, epochs=EPOCHS, num_samples=4, max_concurrent_trials=2,
+                                  scheduler={"name": "asha", "grace_period": 2, "reduction_factor": 2})
+    experiment["run"]["net_config"]["delay"] = 0.01
+    experiment["run"]["callbacks"] = [{"class": "tl_testing.EpochLog", "path": str(log)}]
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(experiment))
+    sweep = launch(["sweep", "experiment.yaml", "--quiet"], ray_tmp, tmp_path)
+    deadline = time.monotonic() + 120
+    while epochs_logged(log) < 10 and sweep.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sweep.send_signal(signal.SIGINT)
+    output, _ = sweep.communicate(timeout=180)
+    assert sweep.returncode == 130, output
+
+    old, new = tmp_path / "results" / "probe", tmp_path / "elsewhere" / "probe"
+    new.parent.mkdir()
+    shutil.move(old, new)
+    resume = launch(["resume", str(new)], ray_tmp, tmp_path)
+    output, _ = resume.communicate(timeout=240)
+    assert resume.returncode == 0, output
+    assert not old.exists()  # nothing written where the experiment used to be
+    study = optuna.load_study(study_name="probe", storage=f"sqlite:///{new / 'optuna.db'}")
+    assert len(study.trials) == 4
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
+    assert (new / "asha_state.pkl").is_file() and (new / "sweep_done").is_file()
+    for result in new.glob("trial_*/result.json"):
+        epochs = [json.loads(line)["epoch"] for line in result.read_text().splitlines() if line.strip()]
+        assert epochs == list(range(len(epochs)))
+
+
+def test_an_interrupt_after_every_trial_started_leaves_the_sweep_resumable(tmp_path, ray_tmp):
+    """Tune marks the trials it stops at an interrupt TERMINATED in memory: the sweep must still
+    count them unfinished (from the saved state), not pruned, and not write sweep_done."""
+    log = tmp_path / "epochs.jsonl"
+    experiment = probe_experiment(tmp_path, epochs=30, num_samples=2, max_concurrent_trials=2)
+    experiment["run"]["net_config"]["delay"] = 0.01
+    experiment["run"]["callbacks"] = [{"class": "tl_testing.EpochLog", "path": str(log)}]
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(experiment))
+    sweep = launch(["sweep", "experiment.yaml", "--quiet"], ray_tmp, tmp_path)
+    deadline = time.monotonic() + 120
+    while epochs_logged(log) < 12 and sweep.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sweep.send_signal(signal.SIGINT)
+    output, _ = sweep.communicate(timeout=180)
+    directory = tmp_path / "results" / "probe"
+    assert sweep.returncode == 130, output
+    assert "2 trial(s) unfinished" in output and not (directory / "sweep_done").exists()
+    assert "running" in (directory / "results.csv").read_text()
+
+    resume = launch(["resume", str(directory)], ray_tmp, tmp_path)
+    output, _ = resume.communicate(timeout=240)
+    assert resume.returncode == 0, output
+    study = optuna.load_study(study_name="probe", storage=f"sqlite:///{directory / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert all(len(t.intermediate_values) == 30 for t in study.trials)

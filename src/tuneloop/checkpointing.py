@@ -30,6 +30,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, truncated, other format or other experiment."""
 
 
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint file that is missing, truncated or corrupt (an older one may still be intact)."""
+
+
 def config_hash(config: dict) -> str:
     """A stable short hash of a JSON-able config (key order does not matter)."""
     blob = json.dumps(config, sort_keys=True, default=str).encode()
@@ -139,6 +143,10 @@ def _write_synced(handle, data: bytes | memoryview) -> None:
     os.fsync(handle.fileno())
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never a part.
 
@@ -148,6 +156,7 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode of a new file
         with os.fdopen(fd, "wb") as handle:
             _write_synced(handle, data)
         os.replace(tmp, path)
@@ -215,9 +224,9 @@ def load_state(directory: Path, expected_hash: str | None = None, map_location="
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: checkpoint file does not exist") from None
+        raise DamagedCheckpoint(f"{path}: checkpoint file does not exist") from None
     except Exception as exc:
-        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt?): {exc}") from exc
+        raise DamagedCheckpoint(f"{path}: cannot read checkpoint (truncated or corrupt?): {exc}") from exc
     version = state.get("format_version") if isinstance(state, dict) else None
     if version != FORMAT_VERSION:
         raise CheckpointError(
@@ -227,6 +236,47 @@ def load_state(directory: Path, expected_hash: str | None = None, map_location="
             f"{path}: written by another experiment (config hash {state.get('config_hash')!r}, "
             f"expected {expected_hash!r})")
     return state
+
+
+TUNE_CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
+
+
+def load_tune_checkpoint(checkpoint, expected_hash: str | None = None, map_location="cpu") -> tuple[dict, str]:
+    """Load a trial's `ray.tune.Checkpoint`; when it is damaged, fall back to the newest intact
+    earlier checkpoint of the same trial (`checkpoint_<N>` beside it, on any storage), with a
+    warning. Returns (state, the path loaded). A checkpoint of another experiment or format
+    version is refused (CheckpointError), never skipped. Raises the first damage when none is intact.
+    """
+    from ray.tune import Checkpoint
+
+    candidates = [checkpoint]
+    parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
+    match = TUNE_CHECKPOINT_DIR.match(name)
+    if match:
+        from pyarrow.fs import FileSelector, FileType
+
+        older = []
+        for info in checkpoint.filesystem.get_file_info(FileSelector(parent)):
+            found = TUNE_CHECKPOINT_DIR.match(info.base_name)
+            if info.type == FileType.Directory and found and int(found.group(1)) < int(match.group(1)):
+                older.append((int(found.group(1)), info.path))
+        candidates += [Checkpoint(path, filesystem=checkpoint.filesystem) for _, path in sorted(older, reverse=True)]
+    first_damage = None
+    for candidate in candidates:
+        try:
+            with candidate.as_directory() as directory:
+                state = load_state(directory, expected_hash, map_location)
+        except DamagedCheckpoint as exc:
+            first_damage = first_damage or exc
+            continue
+        except FileNotFoundError as exc:  # the checkpoint directory itself is gone from storage
+            first_damage = first_damage or DamagedCheckpoint(f"{candidate.path}: {exc}")
+            continue
+        if candidate is not checkpoint:
+            warnings.warn(f"{first_damage}; resuming from the previous intact checkpoint {candidate.path} "
+                          "(the epochs after it are trained again)", RuntimeWarning, stacklevel=2)
+        return state, candidate.path
+    raise first_damage
 
 
 EPOCH_DIR = re.compile(r"^epoch_(\d+)$")

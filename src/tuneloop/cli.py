@@ -39,7 +39,8 @@ def make_parser() -> argparse.ArgumentParser:
                        help="delete an existing experiment directory first (default: refuse)")
 
     resume = commands.add_parser("resume", help="continue an interrupted sweep where it stopped")
-    resume.add_argument("directory", type=Path, help="the sweep's experiment directory (<storage_path>/<name>)")
+    resume.add_argument("directory", help="the sweep's experiment directory (<storage_path>/<name>, or "
+                        "<local_dir>/<name>, or its s3://bucket/prefix/<name>)")
     resume.add_argument("--address", help="Ray cluster to join (default: embedded local Ray)")
 
     validate = commands.add_parser("validate", help="check the file, imports and one training batch")

@@ -233,10 +233,30 @@ class SweepConfig(Strict):
     sampler: SamplerConfig = SamplerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     resources_per_trial: ResourcesConfig = ResourcesConfig()
-    storage_path: str = "./results"
+    storage_path: str = "./results"     # Tune's storage: a local directory or s3://bucket/prefix
+    s3_endpoint: str | None = None      # e.g. http://127.0.0.1:9000 (else AWS_ENDPOINT_URL or AWS)
+    local_dir: str = "./results"        # the driver's files when storage_path is remote
     optuna_storage: str | None = None
     max_failures: NonNegativeInt = 2
     search_space: dict[str, Param] = {}
+
+    @model_validator(mode="after")
+    def _storage(self) -> "SweepConfig":
+        scheme = self.storage_path.partition("://")[0] if "://" in self.storage_path else ""
+        if scheme not in ("", "file", "s3"):
+            raise _KeyedError("storage_path", "must be a local directory or an s3:// URI",
+                              self.storage_path, ["./results", "/shared/nfs/results", "s3://bucket/prefix"])
+        if scheme == "s3" and not self.storage_path.removeprefix("s3://").strip("/"):
+            raise _KeyedError("storage_path", "an s3:// URI must name a bucket", self.storage_path,
+                              ["s3://bucket", "s3://bucket/prefix"])
+        if self.s3_endpoint is not None:
+            if scheme != "s3":
+                raise _KeyedError("s3_endpoint", "is only used with an s3:// storage_path",
+                                  self.s3_endpoint, ["null"])
+            if not re.fullmatch(r"https?://[^/\s]+/?", self.s3_endpoint):
+                raise _KeyedError("s3_endpoint", "must be http(s)://host[:port]", self.s3_endpoint,
+                                  ["http://127.0.0.1:9000", "https://s3.example.com"])
+        return self
 
 
 class ExperimentConfig(Strict):

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import math
 import pickle
-from pathlib import Path
 
 from ray.tune.schedulers import (ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule,
                                  PopulationBasedTraining, TrialScheduler)
 
 from tuneloop.checkpointing import atomic_write_bytes, atomic_write_text
+from tuneloop.storage import state_file
 
 TIME_ATTR = "training_iteration"  # epochs trained by the trial (1-based), the schedulers' clock
 
@@ -25,8 +25,9 @@ class PredictedFinalLossScheduler(FIFOScheduler):
 
     Acts only once `n_startup_trials` trials completed and the trial has trained `n_warmup_epochs`
     epochs. NaN-safe: non-finite finals are never counted and non-finite predictions never stop a
-    trial. With `state_path` its state (the finals) is written after each change and read back when
-    the scheduler is created or unpickled, so it survives `Tuner.restore`.
+    trial. With `state_path` (absolute, or a name in the sweep's local directory) its state (the
+    finals) is written after each change and read back when the scheduler is created or unpickled,
+    so it survives `Tuner.restore`.
     """
 
     def __init__(self, k: int = 3, n_startup_trials: int = 5, n_warmup_epochs: int = 10,
@@ -75,12 +76,12 @@ class PredictedFinalLossScheduler(FIFOScheduler):
 
     def _save(self) -> None:
         if self.state_path:
-            atomic_write_text(Path(self.state_path),
+            atomic_write_text(state_file(self.state_path),
                               json.dumps({"finals": self.finals, "stopped": self.stopped}))
 
     def _load(self) -> None:
-        if self.state_path and Path(self.state_path).exists():
-            state = json.loads(Path(self.state_path).read_text())
+        if self.state_path and state_file(self.state_path).exists():
+            state = json.loads(state_file(self.state_path).read_text())
             self.finals, self.stopped = state["finals"], state["stopped"]
 
     def __setstate__(self, state: dict) -> None:
@@ -122,12 +123,12 @@ class PersistentASHA(ASHAScheduler):
 
     def _persist(self) -> None:
         if self.state_path:
-            atomic_write_bytes(Path(self.state_path), pickle.dumps(self.__dict__))
+            atomic_write_bytes(state_file(self.state_path), pickle.dumps(self.__dict__))
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        if self.state_path and Path(self.state_path).exists():
-            self.__dict__.update(pickle.loads(Path(self.state_path).read_bytes()))
+        if self.state_path and state_file(self.state_path).exists():
+            self.__dict__.update(pickle.loads(state_file(self.state_path).read_bytes()))
 
 
 # name → (class, keyword arguments tuneloop sets itself)
@@ -142,18 +143,18 @@ SCHEDULERS = {
 
 
 def build_scheduler(name: str, kwargs: dict, *, metric: str, mode: str, epochs: int,
-                    mutations: dict | None = None, state_dir: Path | None = None) -> TrialScheduler:
-    """The scheduler `name` with the user's `kwargs` and tuneloop's defaults."""
+                    mutations: dict | None = None) -> TrialScheduler:
+    """The scheduler `name` with the user's `kwargs` and tuneloop's defaults (the stateful ones
+    keep their state in the sweep's local directory, `tuneloop.storage.driver_path`)."""
     if name == "fifo":
         return FIFOScheduler()
     if name == "pfl":
-        state_path = str(state_dir / "pfl_state.json") if state_dir else None
-        return PredictedFinalLossScheduler(**kwargs, state_path=state_path)
+        return PredictedFinalLossScheduler(**kwargs, state_path="pfl_state.json")
     common = {"time_attr": TIME_ATTR, "metric": metric, "mode": mode}
     if name in ("asha", "hyperband"):
         common["max_t"] = epochs
     if name == "asha":
-        common["state_path"] = str(state_dir / "asha_state.pkl") if state_dir else None
+        common["state_path"] = "asha_state.pkl"
     if name == "pbt":
         kwargs = {"perturbation_interval": max(1, epochs // 5), **kwargs}
         common["hyperparam_mutations"] = mutations or {}

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
+
+from tuneloop.storage import study_url as study_url_of
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +49,42 @@ def outcome(result: dict | None, error: bool, metric: str) -> tuple[str, float |
 class TruthfulOptunaSearch(OptunaSearch):
     """OptunaSearch with truthful trial states and intermediate values indexed by epoch."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, study_url: str | None = None, **kwargs):
+        """`study_url`: the Optuna storage URL (None: the sweep's own `optuna.db`, looked up anew
+        whenever this searcher is unpickled, so a moved or fetched experiment resumes)."""
+        self._study_url = study_url
+        super().__init__(*args, storage=optuna.storages.RDBStorage(study_url_of(study_url)), **kwargs)
         self._reported: dict[str, set[int]] = {}  # trial id → epochs told to Optuna
         self._last: dict[str, dict] = {}  # trial id → last result seen (a paused trial completes without one)
+
+    def __getstate__(self) -> dict:
+        """Everything but the live storage and study: Optuna trials are kept by their ids."""
+        state = self.__dict__.copy()
+        state["_storage"] = state["_ot_study"] = None
+        state["_ot_trials"] = {key: trial._trial_id for key, trial in self._ot_trials.items()}
+        state["_bound"] = self._ot_study is not None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        bound, trial_ids = state.pop("_bound"), state.pop("_ot_trials")
+        self.__dict__.update(state)
+        self._storage = optuna.storages.RDBStorage(study_url_of(self._study_url))
+        self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
+                                           sampler=self._sampler) if bound else None
+        self._ot_trials = {key: optuna.Trial(self._ot_study, number) for key, number in trial_ids.items()}
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__getstate__(), handle)
 
     def restore(self, checkpoint_path: str) -> None:
         """After a driver crash the saved searcher can lag the study: trials asked for after the
         last save are RUNNING in the study but unknown here (orphans). They are adopted by the next
         suggestions (same parameters, same Optuna trial), and the sampler is reseeded so that the
         pickled random state does not propose the same parameters again."""
-        super().restore(checkpoint_path)
+        with open(checkpoint_path, "rb") as handle:
+            self.__setstate__(pickle.load(handle))
         known = {t.number for t in self._ot_trials.values()}
         self._orphans = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                          if t.number not in known]
@@ -111,13 +139,14 @@ class StudyRecorder(Callback):
     """A Tune callback that records finished trials into the Optuna study (used with PBT, which
     runs without a searcher): params as the trial ended, intermediate values by epoch, true state."""
 
-    def __init__(self, storage, study_name: str, metric: str, mode: str, distributions: dict):
-        self.storage, self.study_name, self.mode = storage, study_name, mode
+    def __init__(self, study_url: str | None, study_name: str, metric: str, mode: str, distributions: dict):
+        """`study_url`: the Optuna storage URL (None: the sweep's own `optuna.db`)."""
+        self.study_url, self.study_name, self.mode = study_url, study_name, mode
         self.metric, self.distributions = metric, distributions
         self.history: dict[str, dict[int, float]] = {}
 
     def setup(self, **info):
-        optuna.create_study(storage=self.storage, study_name=self.study_name, load_if_exists=True,
+        optuna.create_study(storage=study_url_of(self.study_url), study_name=self.study_name, load_if_exists=True,
                             direction="minimize" if self.mode == "min" else "maximize")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -135,7 +164,7 @@ class StudyRecorder(Callback):
         state, value = outcome(trial.last_result, error, self.metric)
         params = {k: trial.config[k] for k in self.distributions if k in trial.config}
         try:
-            study = optuna.load_study(storage=self.storage, study_name=self.study_name)
+            study = optuna.load_study(storage=study_url_of(self.study_url), study_name=self.study_name)
             study.add_trial(optuna.trial.create_trial(
                 state=OPTUNA_STATES[state], value=value, params=params,
                 distributions={k: _covering(self.distributions[k], v) for k, v in params.items()},

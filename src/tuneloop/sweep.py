@@ -3,6 +3,8 @@
 Experiment directory `<storage_path>/<run.name>/` holds Tune's files, one directory per trial
 (`trial_<id>/`), the Optuna study (`optuna.db`, unless `sweep.optuna_storage` names another
 SQLAlchemy URL), `experiment.yaml` (the validated experiment), `results.csv` and `best.yaml`.
+With `storage_path: s3://...` the driver's files are in `<local_dir>/<run.name>/` and copied to
+the storage at the end of each run (see `tuneloop.storage`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +23,8 @@ from tuneloop.checkpointing import atomic_write_text
 from tuneloop.config import ExperimentConfig, dump_yaml
 from tuneloop.errors import UserError
 from tuneloop.search_space import apply_params
+from tuneloop.storage import DRIVER_FILES, STUDY_FILE, Storage, is_remote, tune_storage, use_sweep
 
-STUDY_FILE = "optuna.db"
 DONE_FILE = "sweep_done"  # written once every trial of the sweep has ended
 EXPERIMENT_FILE = "experiment.yaml"
 
@@ -30,7 +33,14 @@ PAUSING_SCHEDULERS = ("hyperband", "median", "pbt")  # they pause trials (or swa
 
 
 def experiment_dir(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.sweep.storage_path).expanduser().resolve() / cfg.run.name
+    """The local directory of the driver's files (with local storage, also Tune's experiment)."""
+    base = cfg.sweep.local_dir if is_remote(cfg.sweep.storage_path) else cfg.sweep.storage_path
+    return Path(base.removeprefix("file://")).expanduser().resolve() / cfg.run.name
+
+
+def experiment_storage(cfg: ExperimentConfig) -> Storage:
+    """Tune's experiment directory on its storage (the same as `experiment_dir` when local)."""
+    return Storage.of_experiment(cfg.sweep, cfg.run.name)
 
 
 def optuna_url(cfg: ExperimentConfig) -> str:
@@ -72,14 +82,14 @@ def build_tuner(cfg: ExperimentConfig, *, quiet: bool = False):
     import optuna
     from ray import tune
 
+    from tuneloop.experiment_state import StateBackup, TrialEnds
     from tuneloop.retention import KeepCheckpoints
     from tuneloop.schedulers import build_scheduler
     from tuneloop.search_space import to_optuna, to_tune
     from tuneloop.searcher import StudyRecorder, TruthfulOptunaSearch
 
     sweep, run = cfg.sweep, cfg.run
-    directory = experiment_dir(cfg)
-    storage = optuna.storages.RDBStorage(optuna_url(cfg))
+    use_sweep(experiment_dir(cfg), experiment_storage(cfg))
     sampler = getattr(optuna.samplers, sweep.sampler.name)(**sweep.sampler.kwargs)
     callbacks, param_space = [], {}
     scheduler_kwargs = dict(sweep.scheduler.kwargs)
@@ -92,15 +102,16 @@ def build_tuner(cfg: ExperimentConfig, *, quiet: bool = False):
         searcher = None
         param_space = to_tune(sweep.search_space)
         mutations = to_tune({k: sweep.search_space[k] for k in mutate})
-        callbacks.append(StudyRecorder(storage, run.name, sweep.metric, sweep.mode, to_optuna(sweep.search_space)))
+        callbacks.append(StudyRecorder(sweep.optuna_storage, run.name, sweep.metric, sweep.mode,
+                                       to_optuna(sweep.search_space)))
     else:
         searcher = TruthfulOptunaSearch(to_optuna(sweep.search_space), metric=sweep.metric, mode=sweep.mode,
-                                        sampler=sampler, study_name=run.name, storage=storage)
+                                        sampler=sampler, study_name=run.name, study_url=sweep.optuna_storage)
         mutations = None
     ck = run.checkpoint_config
-    callbacks.append(KeepCheckpoints(ck.keep_last_k, ck.monitor, ck.mode))
+    callbacks += [KeepCheckpoints(ck.keep_last_k, ck.monitor, ck.mode), StateBackup(), TrialEnds()]
     scheduler = build_scheduler(sweep.scheduler.name, scheduler_kwargs, metric=sweep.metric,
-                                mode=sweep.mode, epochs=run.epochs, mutations=mutations, state_dir=directory)
+                                mode=sweep.mode, epochs=run.epochs, mutations=mutations)
     trainable = build_trainable(cfg)
     tune_config = tune.TuneConfig(
         search_alg=searcher, scheduler=scheduler, num_samples=sweep.num_samples,
@@ -111,8 +122,9 @@ def build_tuner(cfg: ExperimentConfig, *, quiet: bool = False):
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     callbacks += [JsonLoggerCallback(), CSVLoggerCallback()]
+    storage_path, storage_filesystem = tune_storage(sweep)
     run_config = tune.RunConfig(
-        name=run.name, storage_path=str(directory.parent), callbacks=callbacks,
+        name=run.name, storage_path=storage_path, storage_filesystem=storage_filesystem, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         verbose=0 if quiet else 1)
@@ -129,24 +141,27 @@ class TrialRow:
     config: dict
 
 
-def tidy_histories(directory: Path) -> None:
+def tidy_histories(storage: Storage) -> None:
     """Drop repeated epochs from each trial's result.json and progress.csv (keeping the last row).
 
     After a driver kill, Tune's snapshot can lag the rows already written: the restored trial runs
     the epoch after its last checkpoint again, with identical losses when resume is exact.
     """
-    for trial_dir in directory.glob("trial_*"):
-        result_file = trial_dir / "result.json"
-        if result_file.is_file():
-            rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+    for trial_dir in storage.listdir():
+        if not trial_dir.startswith("trial_"):
+            continue
+        names = storage.listdir(trial_dir)
+        if "result.json" in names:
+            lines = storage.read_bytes(f"{trial_dir}/result.json").decode().splitlines()
+            rows = [json.loads(line) for line in lines if line.strip()]
             kept = _last_per_epoch(rows, lambda row: row.get("epoch"))
             if len(kept) != len(rows):
-                atomic_write_text(result_file, "".join(json.dumps(row) + "\n" for row in kept))
-        progress = trial_dir / "progress.csv"
-        if progress.is_file():
-            lines = progress.read_text().splitlines()
-            if lines:
-                reader = csv.DictReader(io.StringIO("\n".join(lines)))
+                storage.write_bytes(f"{trial_dir}/result.json",
+                                    "".join(json.dumps(row) + "\n" for row in kept).encode())
+        if "progress.csv" in names:
+            text = storage.read_bytes(f"{trial_dir}/progress.csv").decode()
+            if text.strip():
+                reader = csv.DictReader(io.StringIO(text))
                 rows = list(reader)
                 kept = _last_per_epoch(rows, lambda row: row.get("epoch"))
                 if len(kept) != len(rows):
@@ -154,7 +169,7 @@ def tidy_histories(directory: Path) -> None:
                     writer = csv.DictWriter(buffer, fieldnames=reader.fieldnames, lineterminator="\n")
                     writer.writeheader()
                     writer.writerows(kept)
-                    atomic_write_text(progress, buffer.getvalue())
+                    storage.write_bytes(f"{trial_dir}/progress.csv", buffer.getvalue().encode())
 
 
 def _last_per_epoch(rows: list, epoch_of) -> list:
@@ -169,8 +184,12 @@ UNFINISHED = ("PENDING", "RUNNING", "PAUSED")  # Tune trial statuses of an inter
 
 def summarize(cfg: ExperimentConfig, results) -> list[TrialRow]:
     """One row per trial from Tune's ResultGrid (state `running` for a trial an interrupt left unfinished)."""
+    from tuneloop.experiment_state import TrialEnds
+
     rows = []
-    statuses = [t.status for t in results._experiment_analysis.trials]  # same order as the grid
+    cut = TrialEnds.current.cut_short() if TrialEnds.current else set()
+    statuses = ["RUNNING" if t.trial_id in cut else t.status
+                for t in results._experiment_analysis.trials]  # same order as the grid
     for result, status in zip(results, statuses):
         history = result.metrics_dataframe
         losses = history["val_loss"].tolist() if history is not None and "val_loss" in history else []
@@ -246,6 +265,9 @@ def ensure_ray(address: str | None) -> bool:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     if ray.is_initialized():
         return False
+    # Without --address (or RAY_ADDRESS, which `ray job submit` sets) start our own local Ray:
+    # Ray would otherwise join whatever cluster was last started on this machine.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(address=address, include_dashboard=False, log_to_driver=True,
              configure_logging=True, logging_level="WARNING")
     return True
@@ -254,43 +276,114 @@ def ensure_ray(address: str | None) -> bool:
 def run_sweep(cfg: ExperimentConfig, *, file: str, address: str | None = None, quiet: bool = False,
               overwrite: bool = False) -> int:
     """Run the sweep; print the table and the best config; return the exit status."""
-    directory = experiment_dir(cfg)
-    if directory.exists() and any(directory.iterdir()):
+    directory, storage = experiment_dir(cfg), experiment_storage(cfg)
+    check_storage(cfg, storage, file=file)
+    if (directory.exists() and any(directory.iterdir())) or (not storage.is_local and storage.exists()):
         if not overwrite:
             raise UserError("the experiment directory already exists; continue it with "
                             f"`tuneloop resume {directory}` or start over with --overwrite",
-                            file=file, key="sweep.storage_path", value=str(directory))
-        shutil.rmtree(directory)
+                            file=file, key="sweep.storage_path", value=storage.uri)
+        shutil.rmtree(directory, ignore_errors=True)
+        if storage.exists():
+            storage.delete_dir("")
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_text(directory / EXPERIMENT_FILE, dump_yaml(cfg.model_dump(mode="json", by_alias=True)))
     return _fit(cfg, lambda: build_tuner(cfg, quiet=quiet), address)
 
 
-def resume_sweep(directory: Path, *, address: str | None = None) -> int:
+def check_storage(cfg: ExperimentConfig, storage: Storage, *, file: str | None) -> None:
+    """Refuse, before Ray starts, a storage the sweep could not write: a bucket that does not
+    exist, a local directory that cannot be created or written."""
+    key = "sweep.storage_path"
+    if storage.is_local:
+        base = Path(storage.root).parent
+        existing = next(p for p in (base, *base.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"must be a directory this user can write, but {existing} is not",
+                            file=file, key=key, value=cfg.sweep.storage_path)
+        return
+    bucket = storage.root.split("/", 1)[0]
+    try:
+        found = storage.fs.get_file_info(bucket).type.name != "NotFound"
+    except OSError as exc:
+        raise UserError(f"cannot reach the storage ({exc})", file=file, key=key,
+                        value=cfg.sweep.storage_path) from None
+    if not found:
+        raise UserError(f"the bucket {bucket!r} does not exist (create it first)", file=file, key=key,
+                        value=cfg.sweep.storage_path)
+
+
+def resume_sweep(target: str | Path, *, address: str | None = None) -> int:
     """Continue an interrupted sweep: finished trials stay, running ones continue from their last
-    checkpoint, pending ones start; the searcher and the schedulers' saved state continue."""
+    checkpoint, pending ones start; the searcher and the schedulers' saved state continue.
+
+    `target` is the experiment's local directory, or its storage URI (`s3://bucket/prefix/name`):
+    then the driver's files missing locally are fetched from the storage first.
+    """
     from ray import tune
 
     from tuneloop.config import load_experiment
+    from tuneloop.experiment_state import relocate, repair
 
-    directory = Path(directory).expanduser().resolve()
-    if not (directory / EXPERIMENT_FILE).is_file() or not tune.Tuner.can_restore(str(directory)):
-        raise UserError("is not a tuneloop sweep directory (no experiment.yaml and Tune state in it)",
-                        key="EXPERIMENT_DIR", value=str(directory))
+    directory = _local_directory(str(target))
+    if not (directory / EXPERIMENT_FILE).is_file():
+        raise UserError("is not a tuneloop sweep directory (no experiment.yaml in it)",
+                        key="EXPERIMENT_DIR", value=str(target))
     cfg = load_experiment(directory / EXPERIMENT_FILE)
-    if experiment_dir(cfg) != directory:  # moved: keep storage next to the directory given
-        cfg.sweep.storage_path = str(directory.parent)
+    if experiment_dir(cfg) != directory:  # moved: the driver's files are where we were pointed
+        if is_remote(cfg.sweep.storage_path):
+            cfg.sweep.local_dir = str(directory.parent)
+        else:
+            cfg.sweep.storage_path = str(directory.parent)
     if (directory / DONE_FILE).is_file():
         print(f"the sweep in {directory} already finished; nothing to resume "
               f"(`tuneloop report {directory}` summarizes it)")
         return 0
+    storage = experiment_storage(cfg)
+    filesystem = tune_storage(cfg.sweep)[1]
+    storage_path = storage.root if filesystem is not None else storage.uri  # Tune's own spelling
+    if not tune.Tuner.can_restore(storage_path, storage_filesystem=filesystem):
+        raise UserError("is not a tuneloop sweep directory (no Tune state in its storage)",
+                        key="EXPERIMENT_DIR", value=storage.uri)
+    try:
+        damaged = repair(storage)
+    except RuntimeError as exc:
+        raise UserError(str(exc), key="EXPERIMENT_DIR", value=storage.uri) from None
+    relocate(storage)
+    if damaged:
+        print(f"warning: Tune's experiment state was damaged ({', '.join(damaged)}; the driver was killed "
+              "while writing it): continuing from the last intact snapshot", flush=True)
 
     def restore():
-        return tune.Tuner.restore(str(directory), trainable=build_trainable(cfg), resume_unfinished=True,
-                                  resume_errored=True,
+        return tune.Tuner.restore(storage_path, trainable=build_trainable(cfg), resume_unfinished=True,
+                                  resume_errored=True, storage_filesystem=filesystem,
                                   param_space=_param_space(cfg) if cfg.sweep.scheduler.name == "pbt" else None)
 
     return _fit(cfg, restore, address)
+
+
+def _local_directory(target: str) -> Path:
+    """The local directory of the driver's files for a resume of `target` (a path or a URI)."""
+    if not is_remote(target):
+        return Path(target).expanduser().resolve()
+    import pyarrow.fs
+
+    from tuneloop.config import load_experiment
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(target)
+    remote = Storage(fs, path.rstrip("/"), target.rstrip("/"))
+    if not remote.exists(EXPERIMENT_FILE):
+        raise UserError("is not a tuneloop sweep directory (no experiment.yaml in it)",
+                        key="EXPERIMENT_DIR", value=target)
+    fetched = Path(tempfile.mkdtemp(prefix="tuneloop-resume-"))
+    try:
+        remote.download(fetched, [EXPERIMENT_FILE])
+        directory = experiment_dir(load_experiment(fetched / EXPERIMENT_FILE))
+    finally:
+        shutil.rmtree(fetched, ignore_errors=True)
+    present = set(os.listdir(directory)) if directory.is_dir() else set()
+    remote.download(directory, [n for n in DRIVER_FILES if n not in present])  # local copies are newer
+    return directory
 
 
 def _param_space(cfg: ExperimentConfig) -> dict:
@@ -302,26 +395,35 @@ def _param_space(cfg: ExperimentConfig) -> dict:
 def _fit(cfg: ExperimentConfig, make_tuner, address: str | None) -> int:
     import ray
 
-    directory = experiment_dir(cfg)
+    from tuneloop.experiment_state import publish_final
+
+    directory, storage = experiment_dir(cfg), experiment_storage(cfg)
+    use_sweep(directory, storage)  # before a restore unpickles the searcher and the schedulers
     started = ensure_ray(address)
     try:
         results = make_tuner().fit()
+        publish_final(results._experiment_analysis.trials, storage)
     finally:
         if started:
             ray.shutdown()
     if cfg.sweep.scheduler.name != "pbt":  # PBT's clones legitimately go back in epochs
-        tidy_histories(directory)
+        tidy_histories(storage)
     rows = summarize(cfg, results)
     best = write_results(cfg, rows, directory)
     print_table(cfg, rows, best)
-    print(f"experiment directory: {directory}")
     unfinished = [r for r in rows if r.state == "running"]
-    if unfinished or len(rows) < cfg.sweep.num_samples:
+    done = not unfinished and len(rows) >= cfg.sweep.num_samples
+    if done:
+        atomic_write_text(directory / DONE_FILE, f"{len(rows)} trials\n")
+    if not storage.is_local:
+        storage.upload(directory, DRIVER_FILES)
+        print(f"trials and checkpoints: {storage.uri}")
+    print(f"experiment directory: {directory}")
+    if not done:
         print(f"interrupted: {len(unfinished)} trial(s) unfinished, {cfg.sweep.num_samples - len(rows)} not "
               f"started; continue with `tuneloop resume {directory}`")
         return 130
-    atomic_write_text(directory / DONE_FILE, f"{len(rows)} trials\n")
     if rows and all(r.state == "failed" for r in rows):
-        print(f"error: all {len(rows)} trials failed; tracebacks in {directory}/trial_*/error.txt")
+        print(f"error: all {len(rows)} trials failed; tracebacks in {storage.uri}/trial_*/error.txt")
         return 1
     return 0

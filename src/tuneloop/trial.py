@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from tuneloop.build import build_run
+from tuneloop.build import build_run, run_hash
 from tuneloop.callbacks.pruner import PrunerCallback
-from tuneloop.checkpointing import load_state, restore_state
+from tuneloop.checkpointing import load_tune_checkpoint, restore_state
 from tuneloop.config import RunConfig
 from tuneloop.search_space import apply_params
 
@@ -68,25 +68,28 @@ def train_trial(config: dict, *, run: dict, experiment: str) -> None:
     device = trial_device()
     gpu_ids = ",".join(str(i) for i in ray.get_gpu_ids())
     where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "gpu_ids": gpu_ids,
-             "device": str(device), "started_at": time.time()}
+             "device": str(device), "started_at": time.time(), "resumed_from": ""}
     print(f"[tuneloop] trial {context.get_trial_id()} on {device} (gpu ids [{gpu_ids}], "
           f"{torch.get_num_threads()} threads): {config}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"tuneloop-{context.get_trial_id()}-"))
+    pruner = PrunerCallback(static=where)
     try:
         run_parts = build_run(
             run_cfg, device=device, checkpoint_dir=scratch, keep_best=False,
-            extra_callbacks=[PrunerCallback(static=where)],
+            extra_callbacks=[pruner],
             wandb_init={"group": experiment, "id": context.get_trial_id(), "name": context.get_trial_name(),
                         "dir": context.get_trial_dir(), "config": {**config, "experiment": experiment}},
         )
         start_epoch = 0
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
-                state = load_state(directory, map_location=device)
+            # A damaged latest checkpoint falls back to the previous intact one; one written for
+            # other data or another model is refused (PBT's clones share both: they load).
+            state, path = load_tune_checkpoint(checkpoint, expected_hash=run_hash(run_cfg), map_location=device)
             start_epoch = restore_state(run_parts.trainer, state)
             apply_hyperparameters(run_parts.trainer, run_cfg.optimizer_config)
-            print(f"[tuneloop] resumed from the checkpoint of epoch {start_epoch - 1}", flush=True)
+            pruner.static["resumed_from"] = path.rstrip("/").rpartition("/")[2]
+            print(f"[tuneloop] resumed from {path} (epoch {start_epoch - 1})", flush=True)
         run_parts.trainer.train(run_parts.train_loader, run_parts.val_loader, run_cfg.epochs, start_epoch)
     finally:
         run_parts = None  # release model, optimizer and data before the actor is reused

@@ -1,0 +1,161 @@
+"""Where a sweep's files live.
+
+Tune's storage (`sweep.storage_path`) holds the trials, their checkpoints and Tune's experiment
+state: a local directory, or `s3://bucket/prefix` (credentials and region from the standard AWS
+variables; the endpoint from `AWS_ENDPOINT_URL` or `sweep.s3_endpoint`). On a cluster, S3 is what
+lets a trial resume on another node.
+
+The driver's own files (`experiment.yaml`, the Optuna study `optuna.db`, scheduler state,
+`results.csv`, `best.yaml`) are local: in the experiment directory itself when storage is local,
+else in `<sweep.local_dir>/<run.name>/`, copied to the storage at the end of every run of the
+sweep. `Storage` reads and writes the storage's files the same way for both, through pyarrow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tuneloop.checkpointing import atomic_write_bytes
+
+STUDY_FILE = "optuna.db"
+DRIVER_FILES = ("experiment.yaml", STUDY_FILE, "results.csv", "best.yaml", "sweep_done",
+                "pfl_state.json", "asha_state.pkl")
+
+_driver_dir: Path | None = None  # the local directory of the sweep this driver runs or resumes
+_experiment: "Storage | None" = None  # and its experiment directory on Tune's storage
+
+
+def use_sweep(directory: Path, experiment: "Storage") -> None:
+    """Set where `driver_path` and `experiment_in_use` point for the sweep this process runs now."""
+    global _driver_dir, _experiment
+    _driver_dir, _experiment = Path(directory), experiment
+
+
+def experiment_in_use() -> "Storage":
+    """The experiment directory on Tune's storage of the sweep in progress (see `driver_path`)."""
+    if _experiment is None:
+        raise RuntimeError("no sweep is in progress in this process (use_sweep was not called)")
+    return _experiment
+
+
+def driver_path(name: str) -> Path:
+    """`name` in the local directory of the sweep in progress.
+
+    The searcher, the schedulers and the study recorder are pickled by Tune (`tuner.pkl`, the
+    searcher's state) and unpickled by a later `tuneloop resume`, perhaps after the directory was
+    moved or fetched onto another machine: they keep file names and look the directory up here.
+    """
+    if _driver_dir is None:
+        raise RuntimeError("no sweep is in progress in this process (use_sweep was not called)")
+    return _driver_dir / name
+
+
+def state_file(path: str) -> Path:
+    """A state file's path: as given when absolute, else in the sweep's local directory."""
+    return Path(path) if Path(path).is_absolute() else driver_path(path)
+
+
+def study_url(url: str | None) -> str:
+    """The Optuna storage URL: `sweep.optuna_storage`, else the sweep's own `optuna.db`."""
+    return url or f"sqlite:///{driver_path(STUDY_FILE)}"
+
+
+def is_remote(storage_path: str) -> bool:
+    return "://" in storage_path and not storage_path.startswith("file://")
+
+
+def tune_storage(sweep) -> tuple[str, object | None]:
+    """(storage_path, storage_filesystem) for Tune's RunConfig and Tuner.restore."""
+    path = sweep.storage_path
+    if not is_remote(path):
+        return str(Path(path.removeprefix("file://")).expanduser().resolve()), None
+    if sweep.s3_endpoint:
+        from pyarrow.fs import S3FileSystem
+
+        endpoint = urlsplit(sweep.s3_endpoint)
+        # With an explicit filesystem Tune wants the path without its scheme (RAY-NOTES.md).
+        return path.removeprefix("s3://"), S3FileSystem(endpoint_override=endpoint.netloc,
+                                                         scheme=endpoint.scheme or "https")
+    return path, None
+
+
+@dataclass(frozen=True)
+class Storage:
+    """One directory of Tune's storage (local or S3), read and written through pyarrow."""
+
+    fs: object   # pyarrow.fs.FileSystem
+    root: str    # the directory's path on `fs`
+    uri: str     # the directory as users write it
+
+    @classmethod
+    def of_experiment(cls, sweep, name: str) -> "Storage":
+        import pyarrow.fs
+
+        path, filesystem = tune_storage(sweep)
+        if filesystem is None:
+            filesystem, path = (pyarrow.fs.FileSystem.from_uri(path) if is_remote(path)
+                                else (pyarrow.fs.LocalFileSystem(), path))
+        root = f"{path.rstrip('/')}/{name}"
+        uri = f"{sweep.storage_path.rstrip('/')}/{name}" if is_remote(sweep.storage_path) else root
+        return cls(filesystem, root, uri)
+
+    @property
+    def is_local(self) -> bool:
+        import pyarrow.fs
+
+        return isinstance(self.fs, pyarrow.fs.LocalFileSystem)
+
+    def path(self, relative: str) -> str:
+        return f"{self.root}/{relative}" if relative else self.root
+
+    def exists(self, relative: str = "") -> bool:
+        import pyarrow.fs
+
+        return self.fs.get_file_info(self.path(relative)).type != pyarrow.fs.FileType.NotFound
+
+    def listdir(self, relative: str = "") -> list[str]:
+        """Names directly under `relative` (empty when it does not exist)."""
+        import pyarrow.fs
+
+        selector = pyarrow.fs.FileSelector(self.path(relative), allow_not_found=True)
+        return sorted(info.base_name for info in self.fs.get_file_info(selector))
+
+    def read_bytes(self, relative: str) -> bytes:
+        with self.fs.open_input_stream(self.path(relative)) as stream:
+            return stream.readall()
+
+    def write_bytes(self, relative: str, data: bytes, atomic: bool = True) -> None:
+        """Readers see the old or the whole new file: a rename on local disk (unless `atomic` is
+        False: for files whose completeness a marker written after them tells), one PUT on S3."""
+        if self.is_local:
+            target = Path(self.path(relative))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if atomic:
+                atomic_write_bytes(target, data)
+            else:
+                target.write_bytes(data)
+            return
+        with self.fs.open_output_stream(self.path(relative)) as stream:
+            stream.write(data)
+
+    def delete_dir(self, relative: str) -> None:
+        self.fs.delete_dir(self.path(relative))
+
+    def upload(self, local_dir: Path, names) -> None:
+        """Copy the files `names` that exist in `local_dir` into this directory."""
+        for name in names:
+            source = Path(local_dir) / name
+            if source.is_file():
+                self.write_bytes(name, source.read_bytes())
+
+    def download(self, local_dir: Path, names) -> list[str]:
+        """Copy the files `names` that exist here into `local_dir` (atomically); returns those copied."""
+        copied = []
+        for name in names:
+            if self.exists(name):
+                Path(local_dir).mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(Path(local_dir) / name, self.read_bytes(name))
+                copied.append(name)
+        return copied

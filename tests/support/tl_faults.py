@@ -1,0 +1,42 @@
+"""Faults that test experiments inject into their trials (imported by path inside Ray workers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuneloop.callbacks import TrainingCallback
+
+
+class FailOnce(TrainingCallback):
+    """On each trial's first attempt, raise at the start of epoch `epoch` (a crash Ray retries from
+    the last checkpoint). With `damage_latest`, first truncate the trial's newest checkpoint in
+    the local storage `experiment_dir`, as a crash during its copy would; with `foreign_latest`,
+    make it look written by another experiment (another config hash)."""
+
+    priority = 5
+
+    def __init__(self, marker_dir: str, epoch: int, experiment_dir: str | None = None,
+                 damage_latest: bool = False, foreign_latest: bool = False):
+        self.marker_dir, self.epoch = Path(marker_dir), epoch
+        self.experiment_dir, self.damage_latest, self.foreign_latest = experiment_dir, damage_latest, foreign_latest
+
+    def on_train_epoch_begin(self, trainer, *, epoch, **kwargs):
+        from ray import tune
+
+        trial_id = tune.get_context().get_trial_id()
+        marker = self.marker_dir / trial_id
+        if epoch != self.epoch or marker.exists():
+            return
+        self.marker_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(epoch))
+        if self.damage_latest or self.foreign_latest:
+            checkpoints = sorted(Path(self.experiment_dir, f"trial_{trial_id}").glob("checkpoint_*"))
+            state = checkpoints[-1] / "state.pt"
+            if self.damage_latest:
+                state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+            else:
+                import torch
+
+                content = torch.load(state, weights_only=True)
+                torch.save({**content, "config_hash": "another-experiment"}, state)
+        raise RuntimeError(f"FailOnce: crash at the start of epoch {epoch}")

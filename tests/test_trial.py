@@ -1,0 +1,66 @@
+"""The trainable (tuneloop.trial) restoring from Tune's checkpoints inside a real sweep: a crash
+retried by Ray, a damaged latest checkpoint (fall back to the previous one), a checkpoint of
+another experiment (refused)."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+from test_sweep import probe_experiment, run_sweep, study_of, trial_rows
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+EPOCHS = 6
+
+
+def faulty_experiment(tmp_path, **fault) -> dict:
+    experiment = probe_experiment(tmp_path, epochs=EPOCHS, num_samples=1, max_failures=1)
+    experiment["run"]["checkpoint_config"]["save_every_n_epochs"] = 1
+    experiment["run"]["callbacks"] = [
+        {"class": "tl_faults.FailOnce", "marker_dir": str(tmp_path / "markers"), "epoch": 4,
+         "experiment_dir": str(tmp_path / "results" / "probe"), **fault},
+        {"class": "tl_testing.EpochLog", "path": str(tmp_path / "epochs.jsonl")}]
+    return experiment
+
+
+def trained(tmp_path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
+
+
+def test_a_crashed_trial_resumes_from_its_last_checkpoint(tmp_path):
+    status, directory = run_sweep(tmp_path, faulty_experiment(tmp_path))
+    assert status == 0
+    [rows] = trial_rows(directory).values()
+    assert [r["epoch"] for r in rows] == list(range(EPOCHS))
+    assert [r["resumed_from"] for r in rows] == [""] * 4 + ["checkpoint_000003"] * 2
+    assert [r["epoch"] for r in trained(tmp_path)] == list(range(EPOCHS))  # nothing trained twice
+    [trial] = study_of(directory).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == rows[-1]["val_loss"]
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    status, directory = run_sweep(tmp_path, faulty_experiment(tmp_path, damage_latest=True))
+    assert status == 0
+    [rows] = trial_rows(directory).values()
+    assert [r["epoch"] for r in rows] == list(range(EPOCHS))  # contiguous: the repeat is tidied away
+    assert [r["resumed_from"] for r in rows] == [""] * 3 + ["checkpoint_000002"] * 3
+    log = trained(tmp_path)
+    assert [r["epoch"] for r in log] == [0, 1, 2, 3, 3, 4, 5]  # epoch 3 trained again, from epoch 2's state
+    assert log[3]["val_loss"] == log[4]["val_loss"]  # bitwise the same epoch
+    assert rows[3]["val_loss"] == log[4]["val_loss"]
+    [trial] = study_of(directory).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_a_checkpoint_of_another_experiment_is_refused(tmp_path):
+    status, directory = run_sweep(tmp_path, faulty_experiment(tmp_path, foreign_latest=True))
+    assert status == 1  # the only trial failed: its checkpoint belongs to another experiment
+    [error] = directory.glob("trial_*/error.txt")
+    text = error.read_text()
+    assert "checkpoint_000003/state.pt: written by another experiment" in text
+    assert "'another-experiment'" in text
+    [trial] = study_of(directory).trials
+    assert trial.state == optuna.trial.TrialState.FAIL
