@@ -1,8 +1,9 @@
 """Test-wide settings and fixtures.
 
 - W&B offline and silent.
-- `ray_start`: a real local Ray of 2 CPUs (optionally fake GPUs) in its own temp dir, shut down
-  by the fixture (never `ray stop`). `tests/support` is on PYTHONPATH so trials can import it.
+- `ray_local`: a real local Ray of 2 CPUs in its own temp dir, shut down by the fixture (never
+  `ray stop`); `ray_cluster`: a real multi-node Ray (head without CPUs, two workers of 1 CPU and
+  1 fake GPU). `tests/support` is on PYTHONPATH so trials can import it.
 """
 
 import os
@@ -71,3 +72,35 @@ def digits():
     from tuneloop.recipes.digits import load_data
 
     return load_data()
+
+
+@pytest.fixture
+def ray_cluster(monkeypatch):
+    """Head (0 CPUs) + 2 workers (1 CPU, 1 fake GPU each) in a short temp dir of their own."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    assert not ray.is_initialized(), "another test left Ray running: the sweep would not join this cluster"
+    temp_dir = tempfile.mkdtemp(prefix="tlln-", dir="/tmp")
+    # Cluster writes its address to <RAY_TMPDIR or /tmp>/ray/ray_current_cluster, where any plain
+    # `ray.init()` on this machine would find it and join: keep it inside this test's dir
+    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
+    ray_dir = os.path.join(temp_dir, "ray")  # Ray's default layout under RAY_TMPDIR
+    os.mkdir(ray_dir)
+    cluster = None
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 0, "temp_dir": ray_dir,
+            # a removed node is declared dead after ~5 s of missed health checks (default: 15 s and
+            # more); lenient enough that a busy 2-core machine does not lose a live node
+            "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
+                               "health_check_timeout_ms": 1000, "health_check_failure_threshold": 5}})
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, num_gpus=1)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()  # only if the sweep left the driver connected (normally it disconnects itself)
+        if cluster is not None:
+            cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)

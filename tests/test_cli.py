@@ -23,7 +23,8 @@ DIGITS = REPO / "experiments" / "digits_mlp.yaml"
 def test_train_writes_run_directory(tmp_path, capsys):
     out = tmp_path / "run"
     status = cli.main(["train", str(DIGITS), "--set", "run.epochs=12", "--set", "run.scheduler_config.T_max=12",
-                       "--set", "run.checkpoint_config.keep_last_k=2", "--output", str(out)])
+                       "--set", "run.checkpoint_config.keep_last_k=2", "--set", "run.checkpoint_config.save_every_n_epochs=1",
+                       "--output", str(out)])
     printed = capsys.readouterr().out
     assert status == 0
     assert printed.count("epoch ") >= 12 and "epoch 12/12" in printed
@@ -110,3 +111,15 @@ def test_console_script_train(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "epoch 2/2" in proc.stdout
     assert (tmp_path / "r" / "metrics.csv").exists()
+
+
+def test_sweep_without_a_search_space_is_refused_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    path = tmp_path / "exp.yaml"
+    path.write_text((REPO / "experiments" / "digits_mlp.yaml").read_text())
+    assert cli.main(["sweep", str(path), "--set", "sweep.search_space={}",
+                     "--set", f"sweep.storage_path={tmp_path / 'results'}"]) == 2
+    err = capsys.readouterr().err
+    assert "exp.yaml: sweep.search_space: a sweep needs at least one parameter to search, but got {}" in err
+    assert not ray.is_initialized() and not (tmp_path / "results").exists()

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import _thread
 import json
-import os
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,38 +26,6 @@ TRIALS, EPOCHS = 2, 14
 DELAY = 0.02  # seconds per forward pass (8 a epoch): ~0.2 s a epoch, a trial ~3 s
 KILL_AFTER_EPOCH = 3  # remove the node once a trial reported this epoch (or later) with a checkpoint
 SWEEP_TIMEOUT_S = 180  # normally ~15 s
-
-
-@pytest.fixture
-def cluster(monkeypatch):
-    """Head (0 CPUs) + 2 workers (1 CPU, 1 fake GPU each) in a short temp dir of their own."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    assert not ray.is_initialized(), "another test left Ray running: the sweep would not join this cluster"
-    temp_dir = tempfile.mkdtemp(prefix="tlln-", dir="/tmp")
-    # Cluster writes its address to <RAY_TMPDIR or /tmp>/ray/ray_current_cluster, where any plain
-    # `ray.init()` on this machine would find it and join: keep it inside this test's dir
-    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
-    ray_dir = os.path.join(temp_dir, "ray")  # Ray's default layout under RAY_TMPDIR
-    os.mkdir(ray_dir)
-    cluster = None
-    try:
-        cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "temp_dir": ray_dir,
-            # a removed node is declared dead after ~5 s of missed health checks (default: 15 s and
-            # more); lenient enough that a busy 2-core machine does not lose a live node
-            "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
-                               "health_check_timeout_ms": 1000, "health_check_failure_threshold": 5}})
-        for _ in range(2):
-            cluster.add_node(num_cpus=1, num_gpus=1)
-        cluster.wait_for_nodes()
-        yield cluster
-    finally:
-        ray.shutdown()  # only if the sweep left the driver connected (normally it disconnects itself)
-        if cluster is not None:
-            cluster.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -110,7 +75,8 @@ class NodeKiller(threading.Thread):
             time.sleep(0.05)
 
 
-def test_trial_on_a_lost_node_resumes_on_the_other_node(tmp_path, cluster):
+def test_trial_on_a_lost_node_resumes_on_the_other_node(tmp_path, ray_cluster):
+    cluster = ray_cluster
     from tuneloop.config import validate_experiment
     from tuneloop.sweep import experiment_dir, run_sweep
 

@@ -35,6 +35,20 @@ def epochs_logged(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+def interrupt_after(command: list[str], log: Path, epochs: int, ray_tmp: str, cwd: Path) -> str:
+    """Run `tuneloop COMMAND`, send SIGINT once `log` (an EpochLog) holds `epochs` more lines,
+    check it exits 130 (interrupted, state saved) and return its output."""
+    process = launch(command, ray_tmp, cwd)
+    target = epochs_logged(log) + epochs
+    deadline = time.monotonic() + 120
+    while epochs_logged(log) < target and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode == 130, output
+    return output
+
+
 def leftover_ray_processes(ray_tmp: str) -> list[int]:
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     return [int(line.split()[0]) for line in out.splitlines() if ray_tmp in line]
@@ -146,13 +160,7 @@ def test_a_moved_experiment_directory_resumes_where_it_now_is(tmp_path, ray_tmp)
     experiment["run"]["net_config"]["delay"] = 0.01
     experiment["run"]["callbacks"] = [{"class": "tl_testing.EpochLog", "path": str(log)}]
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(experiment))
-    sweep = launch(["sweep", "experiment.yaml", "--quiet"], ray_tmp, tmp_path)
-    deadline = time.monotonic() + 120
-    while epochs_logged(log) < 10 and sweep.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    sweep.send_signal(signal.SIGINT)
-    output, _ = sweep.communicate(timeout=180)
-    assert sweep.returncode == 130, output
+    interrupt_after(["sweep", "experiment.yaml", "--quiet"], log, 10, ray_tmp, tmp_path)
 
     old, new = tmp_path / "results" / "probe", tmp_path / "elsewhere" / "probe"
     new.parent.mkdir()
@@ -172,20 +180,14 @@ def test_a_moved_experiment_directory_resumes_where_it_now_is(tmp_path, ray_tmp)
 
 def test_an_interrupt_after_every_trial_started_leaves_the_sweep_resumable(tmp_path, ray_tmp):
     """Tune marks the trials it stops at an interrupt TERMINATED in memory: the sweep must still
-    count them unfinished (from the saved state), not pruned, and not write sweep_done."""
+    count them unfinished (they never ended: TrialEnds), not pruned, and not write sweep_done."""
     log = tmp_path / "epochs.jsonl"
     experiment = probe_experiment(tmp_path, epochs=30, num_samples=2, max_concurrent_trials=2)
     experiment["run"]["net_config"]["delay"] = 0.01
     experiment["run"]["callbacks"] = [{"class": "tl_testing.EpochLog", "path": str(log)}]
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(experiment))
-    sweep = launch(["sweep", "experiment.yaml", "--quiet"], ray_tmp, tmp_path)
-    deadline = time.monotonic() + 120
-    while epochs_logged(log) < 12 and sweep.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    sweep.send_signal(signal.SIGINT)
-    output, _ = sweep.communicate(timeout=180)
+    output = interrupt_after(["sweep", "experiment.yaml", "--quiet"], log, 12, ray_tmp, tmp_path)
     directory = tmp_path / "results" / "probe"
-    assert sweep.returncode == 130, output
     assert "2 trial(s) unfinished" in output and not (directory / "sweep_done").exists()
     assert "running" in (directory / "results.csv").read_text()
 

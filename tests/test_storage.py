@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import optuna
 import pytest
 import yaml
 
-from test_resume import epochs_logged, launch, ray_tmp  # noqa: F401  (ray_tmp is a fixture)
+from test_resume import interrupt_after, launch, ray_tmp  # noqa: F401  (ray_tmp is a fixture)
 from test_sweep import probe_experiment
 
 BUCKET = "tuneloop-sweeps"
@@ -92,13 +91,7 @@ def test_a_sweep_on_s3_resumes_from_its_uri_with_trials_resuming_from_s3_checkpo
     (machine_a / "experiment.yaml").write_text(yaml.safe_dump(experiment))
 
     # machine A: the sweep, interrupted once a few epochs are done (SIGINT: Tune saves its state)
-    sweep = launch(["sweep", "experiment.yaml", "--quiet"], ray_tmp, machine_a)
-    deadline = time.monotonic() + 120
-    while epochs_logged(log) < 8 and sweep.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    sweep.send_signal(signal.SIGINT)
-    output, _ = sweep.communicate(timeout=180)
-    assert sweep.returncode == 130, output
+    interrupt_after(["sweep", "experiment.yaml", "--quiet"], log, 8, ray_tmp, machine_a)
     assert not list((machine_a / "results" / "probe").glob("trial_*"))  # trials live in the bucket only
     stored = objects(s3_endpoint, "sweeps/probe/")
     assert {"experiment.yaml", "optuna.db", "results.csv"} <= set(stored)  # the driver's files, uploaded

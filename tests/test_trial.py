@@ -64,3 +64,21 @@ def test_a_checkpoint_of_another_experiment_is_refused(tmp_path):
     assert "'another-experiment'" in text
     [trial] = study_of(directory).trials
     assert trial.state == optuna.trial.TrialState.FAIL
+
+
+def test_a_resumed_trial_logs_into_the_same_wandb_run(tmp_path):
+    """Offline, `resume="allow"` with the trial's id starts a second run directory with the same
+    run id: the two hold the epochs before and after the crash (online they are one run)."""
+    from wandb_records import history, run_record
+
+    experiment = faulty_experiment(tmp_path)
+    experiment["run"]["wandb_config"] = {"enabled": True, "project": "tuneloop-tests", "mode": "offline"}
+    status, directory = run_sweep(tmp_path, experiment)
+    assert status == 0
+    [trial_dir] = directory.glob("trial_*")
+    trial_id = trial_dir.name.removeprefix("trial_")
+    found = sorted(trial_dir.glob(f"wandb/offline-run-*/run-{trial_id}.wandb"))  # synced with the trial
+    assert len(found) == 2, found
+    assert {run_record(p).run_id for p in found} == {trial_id}
+    epochs = sorted([row["epoch"] for row in history(p)] for p in found)
+    assert epochs == [[0, 1, 2, 3], [4, 5]]

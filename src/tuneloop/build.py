@@ -45,12 +45,13 @@ class Run:
     config: RunConfig
 
 
-def build_callbacks(run: RunConfig, resolved: dict, *, checkpoint_dir: Path | None, keep_best: bool = True,
+def build_callbacks(run: RunConfig, resolved: dict, *, checkpoint_dir: Path | None, staging: bool = False,
                     wandb_init: dict | None = None) -> list[TrainingCallback]:
     """The built-ins that `run` enables, then the user's callbacks (the runner sorts by priority).
 
-    The CheckpointCallback is added when `checkpoint_dir` is given; `keep_best=False` keeps only
-    the periodic checkpoints there (inside a trial, Tune's storage keeps the history).
+    The CheckpointCallback is added when `checkpoint_dir` is given. With `staging` (inside a
+    trial) the directory only stages each checkpoint for Tune to copy into its storage, which keeps
+    the history: only the latest is kept, no `best/`, and files are not flushed to disk (fsync).
     """
     callbacks: list[TrainingCallback] = [
         NaNDetectionCallback(),
@@ -66,8 +67,9 @@ def build_callbacks(run: RunConfig, resolved: dict, *, checkpoint_dir: Path | No
         callbacks.append(EarlyStoppingCallback(es.patience, es.mode, es.min_delta, es.monitor))
     if run.checkpoint_config.enabled and checkpoint_dir is not None:
         ck = run.checkpoint_config
-        callbacks.append(CheckpointCallback(checkpoint_dir, ck.save_every_n_epochs, ck.keep_last_k if keep_best else 1,
-                                            ck.monitor, ck.mode, run_hash(run), keep_best=keep_best))
+        callbacks.append(CheckpointCallback(checkpoint_dir, ck.save_every_n_epochs, 1 if staging else ck.keep_last_k,
+                                            ck.monitor, ck.mode, run_hash(run), keep_best=not staging,
+                                            durable=not staging))
     if run.wandb_config.enabled:
         wb = run.wandb_config
         callbacks.append(WandbLoggingCallback(**{
@@ -85,7 +87,7 @@ def run_hash(run: RunConfig) -> str:
 
 
 def build_run(run: RunConfig, *, device: torch.device, checkpoint_dir: Path | None = None,
-              keep_best: bool = True, extra_callbacks: list[TrainingCallback] = (),
+              staging: bool = False, extra_callbacks: list[TrainingCallback] = (),
               wandb_init: dict | None = None) -> Run:
     """Seed, then build data, model, optimizer, scheduler, criterion, metrics and the Trainer.
 
@@ -100,7 +102,7 @@ def build_run(run: RunConfig, *, device: torch.device, checkpoint_dir: Path | No
     optimizer = resolved["optimizer"](model.parameters(), **run.optimizer_config)
     scheduler = resolved["scheduler"](optimizer, **run.scheduler_config) if run.scheduler else None
     criterion = resolved["criterion"](**run.criterion_config)
-    callbacks = build_callbacks(run, resolved, checkpoint_dir=checkpoint_dir, keep_best=keep_best,
+    callbacks = build_callbacks(run, resolved, checkpoint_dir=checkpoint_dir, staging=staging,
                                 wandb_init=wandb_init) + list(extra_callbacks)
     trainer = Trainer(model, optimizer, scheduler, criterion, callbacks, device=device,
                       metrics=resolved["metrics"])

@@ -176,15 +176,20 @@ def serialize_state(state: dict) -> memoryview:
     return buffer.getbuffer()
 
 
-def save_state(state: dict, directory: Path) -> Path:
+def save_state(state: dict, directory: Path, durable: bool = True) -> Path:
     """Write `state` as `directory/state.pt` atomically; returns the file's path.
 
     The state is serialized before anything is written, so a state that cannot be saved leaves
     the disk as it was. A new directory appears complete (built under a hidden temporary name,
     then renamed), so no reader ever sees a checkpoint directory without its `state.pt`; in an
-    existing directory the file is replaced atomically.
+    existing directory the file is replaced atomically. `durable=False` writes straight into
+    `directory` without flushing to disk: for a staging copy that is read back at once (by Tune).
     """
     directory = Path(directory)
+    if not durable:
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(state, directory / STATE_FILE)
+        return directory / STATE_FILE
     data = serialize_state(state)
 
     def write(target: Path) -> None:
@@ -289,8 +294,9 @@ class CheckpointManager:
     `best/` is replaced when the monitored value improves (`mode` min or max).
     """
 
-    def __init__(self, root: Path, keep_last_k: int = 3, mode: str = "min"):
+    def __init__(self, root: Path, keep_last_k: int = 3, mode: str = "min", durable: bool = True):
         self.root = Path(root)
+        self.durable = durable
         self.keep_last_k = keep_last_k
         self.mode = mode
         self.best_value: float | None = None
@@ -309,7 +315,7 @@ class CheckpointManager:
 
     def save_periodic(self, state: dict, epoch: int) -> Path:
         directory = self.root / f"epoch_{epoch}"
-        save_state(state, directory)
+        save_state(state, directory, self.durable)
         for _, old in self.periodic()[: -self.keep_last_k or None]:
             shutil.rmtree(old, ignore_errors=True)
         return directory

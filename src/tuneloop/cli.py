@@ -1,4 +1,4 @@
-"""The `tuneloop` command: sweep, resume, train, validate."""
+"""The `tuneloop` command: sweep, resume, train, validate, doctor."""
 
 from __future__ import annotations
 
@@ -46,6 +46,9 @@ def make_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check the file, imports and one training batch")
     _add_experiment(validate)
     validate.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: run.device)")
+
+    doctor = commands.add_parser("doctor", help="Python, torch, CUDA, GPUs, Ray, wandb; cluster resources; warnings")
+    doctor.add_argument("--address", help="also report the resources of this running Ray cluster (`auto` on a node)")
     return parser
 
 
@@ -95,7 +98,14 @@ def cmd_validate(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "resume": cmd_resume, "validate": cmd_validate}
+def cmd_doctor(args) -> int:
+    from tuneloop.doctor import doctor
+
+    return doctor(args.address)
+
+
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "resume": cmd_resume, "validate": cmd_validate,
+            "doctor": cmd_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:

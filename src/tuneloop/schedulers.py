@@ -131,13 +131,37 @@ class PersistentASHA(ASHAScheduler):
             self.__dict__.update(pickle.loads(state_file(self.state_path).read_bytes()))
 
 
+class _StopFinished:
+    """A trial's own last result (`trial_done`: its last epoch, or its own early stop) is answered
+    STOP, never PAUSE. The trial's function has returned by then: a paused trial could never be
+    resumed, and Tune would wait for it forever (seen with HyperBand at max_t)."""
+
+    def on_trial_result(self, tune_controller, trial, result):
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.PAUSE and result.get("trial_done"):
+            return TrialScheduler.STOP
+        return decision
+
+
+class HyperBand(_StopFinished, HyperBandScheduler):
+    """Ray's HyperBand; a finished trial is never paused."""
+
+
+class MedianStopping(_StopFinished, MedianStoppingRule):
+    """Ray's median stopping rule; a finished trial is never paused."""
+
+
+class PBT(_StopFinished, PopulationBasedTraining):
+    """Ray's population based training; a finished trial is never paused."""
+
+
 # name → (class, keyword arguments tuneloop sets itself)
 SCHEDULERS = {
     "fifo": (FIFOScheduler, ()),
     "asha": (PersistentASHA, ("time_attr", "metric", "mode", "max_t", "state_path")),
-    "hyperband": (HyperBandScheduler, ("time_attr", "metric", "mode", "max_t")),
-    "median": (MedianStoppingRule, ("time_attr", "metric", "mode")),
-    "pbt": (PopulationBasedTraining, ("time_attr", "metric", "mode", "hyperparam_mutations")),
+    "hyperband": (HyperBand, ("time_attr", "metric", "mode", "max_t")),
+    "median": (MedianStopping, ("time_attr", "metric", "mode")),
+    "pbt": (PBT, ("time_attr", "metric", "mode", "hyperparam_mutations")),
     "pfl": (PredictedFinalLossScheduler, ("state_path",)),
 }
 

@@ -276,6 +276,9 @@ def ensure_ray(address: str | None) -> bool:
 def run_sweep(cfg: ExperimentConfig, *, file: str, address: str | None = None, quiet: bool = False,
               overwrite: bool = False) -> int:
     """Run the sweep; print the table and the best config; return the exit status."""
+    if not cfg.sweep.search_space:
+        raise UserError("a sweep needs at least one parameter to search", file=file, key="sweep.search_space",
+                        value={}, choices=["optimizer_config.lr: {type: float, low: 1.0e-4, high: 1.0, log: true}"])
     directory, storage = experiment_dir(cfg), experiment_storage(cfg)
     check_storage(cfg, storage, file=file)
     if (directory.exists() and any(directory.iterdir())) or (not storage.is_local and storage.exists()):
@@ -283,12 +286,19 @@ def run_sweep(cfg: ExperimentConfig, *, file: str, address: str | None = None, q
             raise UserError("the experiment directory already exists; continue it with "
                             f"`tuneloop resume {directory}` or start over with --overwrite",
                             file=file, key="sweep.storage_path", value=storage.uri)
-        shutil.rmtree(directory, ignore_errors=True)
-        if storage.exists():
-            storage.delete_dir("")
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(directory / EXPERIMENT_FILE, dump_yaml(cfg.model_dump(mode="json", by_alias=True)))
-    return _fit(cfg, lambda: build_tuner(cfg, quiet=quiet), address)
+
+    def start() -> None:  # once Ray is up and the storage suits the cluster
+        if overwrite:
+            shutil.rmtree(directory, ignore_errors=True)
+            if storage.exists():
+                storage.delete_dir("")
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(directory / EXPERIMENT_FILE, dump_yaml(cfg.model_dump(mode="json", by_alias=True)))
+        if not storage.is_local:  # so that even a crashed first run can be found from its URI
+            storage.upload(directory, [EXPERIMENT_FILE])
+        return build_tuner(cfg, quiet=quiet)
+
+    return _fit(cfg, start, address, file=file)
 
 
 def check_storage(cfg: ExperimentConfig, storage: Storage, *, file: str | None) -> None:
@@ -311,6 +321,21 @@ def check_storage(cfg: ExperimentConfig, storage: Storage, *, file: str | None) 
     if not found:
         raise UserError(f"the bucket {bucket!r} does not exist (create it first)", file=file, key=key,
                         value=cfg.sweep.storage_path)
+
+
+def check_shared_storage(cfg: ExperimentConfig, storage: Storage, *, file: str | None) -> None:
+    """A local storage_path on a cluster of several hosts: trials on other hosts could neither
+    write their checkpoints where the driver reads them nor resume elsewhere. Refused before
+    any trial starts (Ray would fail later, trial by trial, with a less clear message)."""
+    import ray
+
+    if not storage.is_local:
+        return
+    hosts = {node.get("NodeManagerAddress") for node in ray.nodes() if node.get("Alive")}
+    if len(hosts) > 1:
+        raise UserError(f"must be shared by all {len(hosts)} hosts of the cluster (s3://bucket/prefix, or an NFS "
+                        "path mounted on every node) to run there, but it is a local directory", file=file,
+                        key="sweep.storage_path", value=cfg.sweep.storage_path)
 
 
 def resume_sweep(target: str | Path, *, address: str | None = None) -> int:
@@ -392,7 +417,7 @@ def _param_space(cfg: ExperimentConfig) -> dict:
     return to_tune(cfg.sweep.search_space)
 
 
-def _fit(cfg: ExperimentConfig, make_tuner, address: str | None) -> int:
+def _fit(cfg: ExperimentConfig, make_tuner, address: str | None, file: str | None = None) -> int:
     import ray
 
     from tuneloop.experiment_state import publish_final
@@ -401,6 +426,7 @@ def _fit(cfg: ExperimentConfig, make_tuner, address: str | None) -> int:
     use_sweep(directory, storage)  # before a restore unpickles the searcher and the schedulers
     started = ensure_ray(address)
     try:
+        check_shared_storage(cfg, storage, file=file)
         results = make_tuner().fit()
         publish_final(results._experiment_analysis.trials, storage)
     finally:

@@ -75,7 +75,7 @@ def train_trial(config: dict, *, run: dict, experiment: str) -> None:
     pruner = PrunerCallback(static=where)
     try:
         run_parts = build_run(
-            run_cfg, device=device, checkpoint_dir=scratch, keep_best=False,
+            run_cfg, device=device, checkpoint_dir=scratch, staging=True,
             extra_callbacks=[pruner],
             wandb_init={"group": experiment, "id": context.get_trial_id(), "name": context.get_trial_name(),
                         "dir": context.get_trial_dir(), "config": {**config, "experiment": experiment}},

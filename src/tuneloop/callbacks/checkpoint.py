@@ -15,14 +15,16 @@ class CheckpointCallback(TrainingCallback):
     one after which a callback such as EarlyStopping ends training; not after a NaN/inf stop),
     keeps the `keep_last_k` latest periodic checkpoints (by epoch number), and keeps `best/` by
     `monitor` (`val_loss`, `train_loss` or a validation metric such as `val_accuracy`) and `mode`
-    (unless `keep_best=False`).
+    (unless `keep_best=False`). `durable=False` skips flushing files to disk: for a directory that
+    only stages checkpoints that another component copies (Tune, inside a trial).
     The path of this epoch's periodic checkpoint (or None) is left in `trainer._epoch_checkpoint`.
     """
 
     priority = 95
 
     def __init__(self, directory: str | Path, save_every_n_epochs: int = 1, keep_last_k: int = 3,
-                 monitor: str = "val_loss", mode: str = "min", config_hash: str = "", keep_best: bool = True):
+                 monitor: str = "val_loss", mode: str = "min", config_hash: str = "", keep_best: bool = True,
+                 durable: bool = True):
         if save_every_n_epochs < 1:
             raise ValueError(f"save_every_n_epochs >= 1 must hold, but got {save_every_n_epochs}")
         if keep_last_k < 1:
@@ -33,7 +35,7 @@ class CheckpointCallback(TrainingCallback):
         self.monitor = monitor
         self.config_hash = config_hash
         self.keep_best = keep_best
-        self.manager = CheckpointManager(Path(directory), keep_last_k=keep_last_k, mode=mode)
+        self.manager = CheckpointManager(Path(directory), keep_last_k=keep_last_k, mode=mode, durable=durable)
 
     def on_train_epoch_begin(self, trainer, **kwargs):
         trainer._epoch_checkpoint = None
