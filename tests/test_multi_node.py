@@ -1,16 +1,21 @@
 """`tuneloop sweep --address` against a running multi-node Ray cluster on this machine (a head
 without CPUs and two worker nodes of 1 CPU and 1 fake GPU, `ray.cluster_utils.Cluster`): trials
-run on both workers and never on the head, and GPU fractions are honoured per node."""
+run on both workers and never on the head, and GPU fractions are honoured per node. A cluster
+whose nodes are on two hosts (a worker bound to 127.0.0.2) refuses a local storage_path."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from itertools import combinations
 
 import optuna
+import pytest
+import ray
 import yaml
 
 from test_sweep import probe_experiment
@@ -52,3 +57,37 @@ def test_a_sweep_launched_on_a_running_cluster_uses_every_worker_and_packs_gpu_f
     assert any(overlapping(a, b) for a, b in combinations(list(histories.values()), 2))  # they did run in parallel
     study = optuna.load_study(study_name="probe", storage=f"sqlite:///{directory / 'optuna.db'}")
     assert len(study.trials) == TRIALS and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+@pytest.fixture
+def two_host_cluster(monkeypatch):
+    """A head and one worker that report different host addresses (the worker on 127.0.0.2)."""
+    from ray.cluster_utils import Cluster
+
+    temp_dir = tempfile.mkdtemp(prefix="tlmh-", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", temp_dir)  # the cluster's address file stays in this dir
+    os.mkdir(os.path.join(temp_dir, "ray"))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": os.path.join(temp_dir, "ray")})
+    try:
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.2")
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_local_storage_path_on_a_cluster_of_several_hosts_is_refused_before_training(tmp_path, capsys,
+                                                                                       two_host_cluster):
+    from tuneloop import cli
+
+    experiment = probe_experiment(tmp_path)
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(experiment))
+    assert cli.main(["sweep", str(tmp_path / "experiment.yaml"), "--address", two_host_cluster.address,
+                     "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "sweep.storage_path: must be shared by all 2 hosts of the cluster" in err
+    assert str(tmp_path / "results") in err and "s3://bucket/prefix" in err
+    assert not (tmp_path / "results").exists()  # nothing written
+    assert not ray.is_initialized()  # the driver left the cluster
