@@ -1,4 +1,4 @@
-"""The `tuneloop` command: sweep, resume, train, validate, doctor."""
+"""The `tuneloop` command: sweep, resume, report, train, validate, doctor."""
 
 from __future__ import annotations
 
@@ -46,6 +46,11 @@ def make_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check the file, imports and one training batch")
     _add_experiment(validate)
     validate.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: run.device)")
+
+    report = commands.add_parser("report", help="trials by state, best and top-k, importance, plots")
+    report.add_argument("directory", help="the sweep's experiment directory (its local directory)")
+    report.add_argument("--json", action="store_true", help="print the facts as JSON")
+    report.add_argument("--top-k", type=int, default=5, help="how many of the best trials to list (default 5)")
 
     doctor = commands.add_parser("doctor", help="Python, torch, CUDA, GPUs, Ray, wandb; cluster resources; warnings")
     doctor.add_argument("--address", help="also report the resources of this running Ray cluster (`auto` on a node)")
@@ -98,6 +103,14 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from tuneloop.report import report
+
+    if args.top_k < 1:
+        raise UserError("must be at least 1", key="--top-k", value=args.top_k)
+    return report(args.directory, top_k=args.top_k, as_json=args.json)
+
+
 def cmd_doctor(args) -> int:
     from tuneloop.doctor import doctor
 
@@ -105,7 +118,7 @@ def cmd_doctor(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "resume": cmd_resume, "validate": cmd_validate,
-            "doctor": cmd_doctor}
+            "report": cmd_report, "doctor": cmd_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:
