@@ -82,3 +82,41 @@ def test_a_resumed_trial_logs_into_the_same_wandb_run(tmp_path):
     assert {run_record(p).run_id for p in found} == {trial_id}
     epochs = sorted([row["epoch"] for row in history(p)] for p in found)
     assert epochs == [[0, 1, 2, 3], [4, 5]]
+
+
+def test_each_trial_of_a_sweep_logs_its_own_wandb_run(tmp_path):
+    """Offline W&B in a sweep: one run per trial in the trial's directory (group = experiment,
+    name and id = the trial's, tags for scheduler and sampler), every epoch's values as Tune got
+    them, and a summary whose final_state agrees with the Optuna study. (Checked for the trials
+    that ran to their end: the offline files of trials pruned at their first report are left
+    empty, an open bug noted for issue 6.)"""
+    from wandb_records import config, history, run_record, summary, wait_finished
+
+    experiment = probe_experiment(tmp_path, epochs=4, num_samples=4,
+                                  scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2})
+    experiment["run"]["wandb_config"] = {"enabled": True, "project": "tuneloop-tests", "mode": "offline",
+                                         "tags": ["mine"]}
+    status, directory = run_sweep(tmp_path, experiment)
+    assert status == 0
+    study = {round(t.params["optimizer_config.lr"], 12): t for t in study_of(directory).trials}
+    checked = 0
+    for trial_id, rows in trial_rows(directory).items():
+        trial_id = trial_id.removeprefix("trial_")
+        [path] = (directory / f"trial_{trial_id}").glob(f"wandb/offline-run-*/run-{trial_id}.wandb")
+        lr = rows[0]["config"]["optimizer_config.lr"]
+        if study[round(lr, 12)].state != optuna.trial.TrialState.COMPLETE:
+            continue
+        assert wait_finished(path) == 0
+        record = run_record(path)
+        assert (record.run_group, record.display_name) == ("probe", f"trial_{trial_id}")
+        assert list(record.tags) == ["mine", "scheduler:asha", "sampler:RandomSampler"]
+        assert config(path)["optimizer_config.lr"] == lr and config(path)["experiment"] == "probe"
+        assert [(h["epoch"], h["val_loss"], h["train_loss"]) for h in history(path)] == [
+            (r["epoch"], r["val_loss"], r["train_loss"]) for r in rows]
+        final = summary(path)
+        # ASHA answers the last epoch's report with STOP (max_t): still complete, not pruned
+        assert (final["final_state"], final["stop_reason"]) == ("complete", "complete")
+        assert final["best_val_loss"] == min(r["val_loss"] for r in rows)
+        assert final["epochs_trained"] == len(rows) == 4
+        checked += 1
+    assert checked >= 1

@@ -72,9 +72,11 @@ def build_callbacks(run: RunConfig, resolved: dict, *, checkpoint_dir: Path | No
                                             durable=not staging))
     if run.wandb_config.enabled:
         wb = run.wandb_config
+        init = dict(wandb_init or {})
+        tags = [*wb.tags, *init.pop("tags", [])]  # the user's, then the sweep's (scheduler, sampler)
         callbacks.append(WandbLoggingCallback(**{
-            "project": wb.project, "entity": wb.entity, "mode": wb.mode, "tags": wb.tags or None,
-            "config": run.model_dump(mode="json"), **(wandb_init or {})}))
+            "project": wb.project, "entity": wb.entity, "mode": wb.mode, "tags": tags or None,
+            "config": run.model_dump(mode="json"), **init}))
     for spec, cls in zip(run.callbacks, resolved["callbacks"]):
         callbacks.append(cls(**spec.kwargs))
     return callbacks

@@ -72,7 +72,8 @@ def build_trainable(cfg: ExperimentConfig):
         # after it would run twice. PBT also needs the checkpoint of the epoch it exploits.
         run_dict["checkpoint_config"].update(enabled=True, save_every_n_epochs=1)
     return tune.with_resources(
-        tune.with_parameters(train_trial, run=run_dict, experiment=run.name),
+        tune.with_parameters(train_trial, run=run_dict, experiment=run.name,
+                             tags=(f"scheduler:{sweep.scheduler.name}", f"sampler:{sweep.sampler.name}")),
         {"cpu": sweep.resources_per_trial.cpu, "gpu": sweep.resources_per_trial.gpu})
 
 
@@ -126,6 +127,7 @@ def build_tuner(cfg: ExperimentConfig, *, quiet: bool = False):
     run_config = tune.RunConfig(
         name=run.name, storage_path=storage_path, storage_filesystem=storage_filesystem, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+        sync_config=tune.SyncConfig(sync_artifacts=is_remote(sweep.storage_path)),  # see trial.wandb_dir
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         verbose=0 if quiet else 1)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)

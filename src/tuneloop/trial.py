@@ -56,8 +56,22 @@ def apply_hyperparameters(trainer, optimizer_config: dict) -> None:
                 group[key] = value
 
 
-def train_trial(config: dict, *, run: dict, experiment: str) -> None:
-    """Train `run` with the trial's `config` (dotted keys into `run`) applied."""
+def wandb_dir(context) -> str:
+    """Where the trial's W&B files go: its directory in the storage when that is local (Ray only
+    syncs the working directory at checkpoints, and the run's last records come after the last
+    report), else the working directory, which Ray syncs to the storage (`sync_artifacts`)."""
+    import pyarrow.fs
+    from ray.train._internal.session import get_storage
+
+    storage = get_storage()
+    if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+        return storage.trial_fs_path
+    return context.get_trial_dir()
+
+
+def train_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ...] = ()) -> None:
+    """Train `run` with the trial's `config` (dotted keys into `run`) applied; `tags` go to its
+    W&B run (when enabled), whose group is the experiment, name and id the trial's."""
     import ray
     from ray import tune
 
@@ -78,7 +92,8 @@ def train_trial(config: dict, *, run: dict, experiment: str) -> None:
             run_cfg, device=device, checkpoint_dir=scratch, staging=True,
             extra_callbacks=[pruner],
             wandb_init={"group": experiment, "id": context.get_trial_id(), "name": context.get_trial_name(),
-                        "dir": context.get_trial_dir(), "config": {**config, "experiment": experiment}},
+                        "dir": wandb_dir(context), "config": {**config, "experiment": experiment},
+                        "tags": list(tags)},
         )
         start_epoch = 0
         checkpoint = tune.get_checkpoint()

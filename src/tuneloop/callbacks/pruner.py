@@ -43,8 +43,9 @@ class PrunerCallback(TrainingCallback):
         self.reports += 1
         try:
             self.report(record, trainer._epoch_checkpoint)
-        except SystemExit:  # a scheduler STOP: the trial is pruned; on_train_end hooks can see it
-            trainer.stop_reason = PRUNED
+        except SystemExit:  # a scheduler STOP; on_train_end hooks (W&B) see why the trial ended
+            # A STOP answering the trial's own last report (ASHA does so at max_t) prunes nothing.
+            trainer.stop_reason = reason or PRUNED
             raise
 
 
