@@ -265,6 +265,9 @@ def ensure_ray(address: str | None) -> bool:
     # driver crash, trials restart from the checkpoint the last snapshot names: with a lagging
     # snapshot they would retrain every epoch since. Users may set their own period.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # A stopped trial's thread still finishes its W&B run (flushing the offline files) after the
+    # scheduler's STOP; Ray gives it 2 s before it abandons the actor, killing wandb mid-write.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
     if ray.is_initialized():
         return False
     # Without --address (or RAY_ADDRESS, which `ray job submit` sets) start our own local Ray:
