@@ -13,6 +13,7 @@ from tuneloop.callbacks import (CallbackRunner, EarlyStoppingCallback, GradientM
 from tuneloop.data import TensorBatches, make_loader
 from tuneloop.metrics import accuracy
 from tuneloop.trainer import Trainer
+from tl_testing import count_reads
 
 
 def data(n=96, seed=0):
@@ -403,20 +404,6 @@ def test_an_exhausted_or_empty_loader_is_an_error_not_a_zero_loss(which):
     with pytest.raises(ValueError, match=f"{'training' if which == 'train' else 'validation'} loader gave no "):
         trainer.train(*loaders_, epochs=3)
     assert log.of("end") == [("end",)]
-
-
-def count_reads(monkeypatch):
-    """Count every way of reading a tensor's value on the host."""
-    counts = {"n": 0}
-    for name in ("item", "tolist", "__float__", "__bool__", "__int__", "__index__", "numpy", "cpu"):
-        original = getattr(torch.Tensor, name)
-
-        def counting(self, *args, _original=original, **kwargs):
-            counts["n"] += 1
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counting)
-    return counts
 
 
 def all_builtins(epochs):

@@ -20,19 +20,10 @@ def load(directory: Path):
     """(cfg, study, histories) of the sweep in `directory` (its local directory)."""
     import optuna
 
-    from tuneloop.config import load_experiment
-    from tuneloop.sweep import EXPERIMENT_FILE, experiment_dir, experiment_storage, optuna_url
+    from tuneloop.sweep import experiment_storage, load_sweep, optuna_url
 
     directory = Path(directory).expanduser().resolve()
-    if not (directory / EXPERIMENT_FILE).is_file():
-        raise UserError("is not a tuneloop sweep directory (no experiment.yaml in it)",
-                        key="EXPERIMENT_DIR", value=str(directory))
-    cfg = load_experiment(directory / EXPERIMENT_FILE)
-    if experiment_dir(cfg) != directory:  # moved: read it where it is
-        if cfg.sweep.storage_path.startswith("s3://"):
-            cfg.sweep.local_dir = str(directory.parent)
-        else:
-            cfg.sweep.storage_path = str(directory.parent)
+    cfg = load_sweep(directory)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.load_study(study_name=cfg.run.name, storage=optuna_url(cfg))

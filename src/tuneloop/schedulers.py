@@ -80,8 +80,9 @@ class PredictedFinalLossScheduler(FIFOScheduler):
                               json.dumps({"finals": self.finals, "stopped": self.stopped}))
 
     def _load(self) -> None:
-        if self.state_path and state_file(self.state_path).exists():
-            state = json.loads(state_file(self.state_path).read_text())
+        path = state_file(self.state_path) if self.state_path else None
+        if path is not None and path.exists():
+            state = json.loads(path.read_text())
             self.finals, self.stopped = state["finals"], state["stopped"]
 
     def __setstate__(self, state: dict) -> None:
@@ -127,8 +128,9 @@ class PersistentASHA(ASHAScheduler):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        if self.state_path and state_file(self.state_path).exists():
-            self.__dict__.update(pickle.loads(state_file(self.state_path).read_bytes()))
+        path = state_file(self.state_path) if self.state_path else None
+        if path is not None and path.exists():
+            self.__dict__.update(pickle.loads(path.read_bytes()))
 
 
 class _StopFinished:

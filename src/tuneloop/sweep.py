@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloop.checkpointing import atomic_write_text
-from tuneloop.config import ExperimentConfig, dump_yaml
+from tuneloop.config import ExperimentConfig, dump_yaml, load_experiment
 from tuneloop.errors import UserError
 from tuneloop.search_space import apply_params
 from tuneloop.storage import DRIVER_FILES, STUDY_FILE, Storage, is_remote, tune_storage, use_sweep
@@ -190,16 +190,16 @@ def summarize(cfg: ExperimentConfig, results) -> list[TrialRow]:
 
     rows = []
     cut = TrialEnds.current.cut_short() if TrialEnds.current else set()
-    statuses = ["RUNNING" if t.trial_id in cut else t.status
-                for t in results._experiment_analysis.trials]  # same order as the grid
-    for result, status in zip(results, statuses):
+    unfinished = [t.status in UNFINISHED or t.trial_id in cut
+                  for t in results._experiment_analysis.trials]  # same order as the grid
+    for result, running in zip(results, unfinished):
         history = result.metrics_dataframe
         losses = history["val_loss"].tolist() if history is not None and "val_loss" in history else []
         finite = [v for v in losses if isinstance(v, float) and math.isfinite(v)]
         metrics = result.metrics or {}
         rows.append(TrialRow(
             trial_id=metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"),
-            state="running" if status in UNFINISHED else trial_state(metrics, result.error is not None),
+            state="running" if running else trial_state(metrics, result.error is not None),
             epochs=len(losses), best_val_loss=min(finite) if finite else math.inf,
             last_metric=metrics.get(cfg.sweep.metric, math.nan), config=dict(result.config or {})))
     return rows
@@ -292,7 +292,7 @@ def run_sweep(cfg: ExperimentConfig, *, file: str, address: str | None = None, q
                             f"`tuneloop resume {directory}` or start over with --overwrite",
                             file=file, key="sweep.storage_path", value=storage.uri)
 
-    def start() -> None:  # once Ray is up and the storage suits the cluster
+    def start():  # the Tuner, once Ray is up and the storage suits the cluster
         if overwrite:
             shutil.rmtree(directory, ignore_errors=True)
             if storage.exists():
@@ -352,19 +352,10 @@ def resume_sweep(target: str | Path, *, address: str | None = None) -> int:
     """
     from ray import tune
 
-    from tuneloop.config import load_experiment
     from tuneloop.experiment_state import relocate, repair
 
     directory = _local_directory(str(target))
-    if not (directory / EXPERIMENT_FILE).is_file():
-        raise UserError("is not a tuneloop sweep directory (no experiment.yaml in it)",
-                        key="EXPERIMENT_DIR", value=str(target))
-    cfg = load_experiment(directory / EXPERIMENT_FILE)
-    if experiment_dir(cfg) != directory:  # moved: the driver's files are where we were pointed
-        if is_remote(cfg.sweep.storage_path):
-            cfg.sweep.local_dir = str(directory.parent)
-        else:
-            cfg.sweep.storage_path = str(directory.parent)
+    cfg = load_sweep(directory, shown=str(target))
     if (directory / DONE_FILE).is_file():
         print(f"the sweep in {directory} already finished; nothing to resume "
               f"(`tuneloop report {directory}` summarizes it)")
@@ -392,13 +383,26 @@ def resume_sweep(target: str | Path, *, address: str | None = None) -> int:
     return _fit(cfg, restore, address)
 
 
+def load_sweep(directory: Path, shown: str | None = None) -> ExperimentConfig:
+    """The experiment of the sweep whose local directory is `directory`, read where it is now
+    (moved or fetched: storage_path, or local_dir with remote storage, is pointed there)."""
+    if not (directory / EXPERIMENT_FILE).is_file():
+        raise UserError("is not a tuneloop sweep directory (no experiment.yaml in it)",
+                        key="EXPERIMENT_DIR", value=shown or str(directory))
+    cfg = load_experiment(directory / EXPERIMENT_FILE)
+    if experiment_dir(cfg) != directory:
+        if is_remote(cfg.sweep.storage_path):
+            cfg.sweep.local_dir = str(directory.parent)
+        else:
+            cfg.sweep.storage_path = str(directory.parent)
+    return cfg
+
+
 def _local_directory(target: str) -> Path:
     """The local directory of the driver's files for a resume of `target` (a path or a URI)."""
     if not is_remote(target):
         return Path(target).expanduser().resolve()
     import pyarrow.fs
-
-    from tuneloop.config import load_experiment
 
     fs, path = pyarrow.fs.FileSystem.from_uri(target)
     remote = Storage(fs, path.rstrip("/"), target.rstrip("/"))

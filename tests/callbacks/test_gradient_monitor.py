@@ -6,6 +6,7 @@ import torch
 from tuneloop.callbacks import GradientMonitorCallback, TrainingCallback
 from tuneloop.data import TensorBatches
 from tuneloop.trainer import Trainer
+from tl_testing import count_reads
 
 
 def true_norm(model) -> float:
@@ -158,15 +159,7 @@ def test_model_without_gradients_leaves_none():
 
 
 def test_no_host_sync_per_step(monkeypatch):
-    counts = {"n": 0}
-    for name in ("item", "tolist", "__float__", "__bool__", "__int__", "__index__", "numpy", "cpu"):
-        original = getattr(torch.Tensor, name)
-
-        def counting(self, *args, _original=original, **kwargs):
-            counts["n"] += 1
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counting)
+    counts = count_reads(monkeypatch)
 
     def reads(n_batches):
         monitor = GradientMonitorCallback(warn_threshold=1e-6)  # the warning path included

@@ -13,10 +13,7 @@ from tuneloop.callbacks import (CheckpointCallback, EarlyStoppingCallback, Gradi
                                 LossPredictionCallback, NaNDetectionCallback, OverfitDetectionCallback,
                                 PrunerCallback, TrainingCallback)
 from tuneloop.checkpointing import load_state
-from tuneloop.data import make_loader
-from tuneloop.metrics import accuracy
-from tuneloop.recipes.digits import MLP
-from tuneloop.trainer import Trainer
+from tl_testing import digits_trainer
 
 
 class Seen(TrainingCallback):
@@ -53,17 +50,6 @@ class Ended(TrainingCallback):
 
     def on_train_end(self, trainer, **kwargs):
         self.calls.append(trainer.stop_reason)
-
-
-def digits_trainer(digits, callbacks, lr=0.05):
-    torch.manual_seed(0)
-    model = MLP(hidden=32, layers=1, dropout=0.1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=4, gamma=0.5)
-    trainer = Trainer(model, optimizer, scheduler, torch.nn.CrossEntropyLoss(), callbacks,
-                      metrics={"accuracy": accuracy})
-    train_set, val_set = digits
-    return trainer, make_loader(train_set, 128, True, 0, "cpu"), make_loader(val_set, 512, False, 0, "cpu")
 
 
 def test_constructible_without_arguments_and_without_ray():

@@ -7,15 +7,11 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from tuneloop.callbacks import (EarlyStoppingCallback, GradientMonitorCallback, LossPredictionCallback,
                                 OverfitDetectionCallback, PrunerCallback, TrainingCallback,
                                 WandbLoggingCallback)
-from tuneloop.data import make_loader
-from tuneloop.metrics import accuracy
-from tuneloop.recipes.digits import MLP
-from tuneloop.trainer import Trainer
+from tl_testing import digits_trainer
 
 import wandb_records
 from wandb_records import config, history, run_file, run_files, run_record, summary, wait_finished
@@ -81,17 +77,6 @@ class Seen(TrainingCallback):
                 row["predicted_final_loss"] = 10.0 ** -seen["loss_prediction"]
             rows.append(row)
         return rows
-
-
-def digits_trainer(digits, callbacks, lr=0.05):
-    torch.manual_seed(0)
-    model = MLP(hidden=32, layers=1, dropout=0.1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=4, gamma=0.5)
-    trainer = Trainer(model, optimizer, scheduler, torch.nn.CrossEntropyLoss(), callbacks,
-                      metrics={"accuracy": accuracy})
-    train_set, val_set = digits
-    return trainer, make_loader(train_set, 128, True, 0, "cpu"), make_loader(val_set, 512, False, 0, "cpu")
 
 
 def test_one_row_per_epoch_with_the_values_the_trainer_computed(offline, digits, capsys):

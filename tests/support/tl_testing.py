@@ -77,3 +77,34 @@ class EpochLog(TrainingCallback):
         with open(self.path, "a") as handle:
             handle.write(json.dumps({"pid": os.getpid(), "epoch": epoch, "params": trainer.optimizer.param_groups[0]["lr"],
                                      "val_loss": val_loss}) + "\n")
+
+
+def digits_trainer(digits, callbacks, lr=0.05):
+    """A small seeded Trainer on the digits (train, val) datasets, with its two loaders."""
+    from tuneloop.data import make_loader
+    from tuneloop.metrics import accuracy
+    from tuneloop.recipes.digits import MLP
+    from tuneloop.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = MLP(hidden=32, layers=1, dropout=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=4, gamma=0.5)
+    trainer = Trainer(model, optimizer, scheduler, torch.nn.CrossEntropyLoss(), callbacks,
+                      metrics={"accuracy": accuracy})
+    train_set, val_set = digits
+    return trainer, make_loader(train_set, 128, True, 0, "cpu"), make_loader(val_set, 512, False, 0, "cpu")
+
+
+def count_reads(monkeypatch):
+    """Count every way of reading a tensor's value on the host: returns {"n": count}, live."""
+    counts = {"n": 0}
+    for name in ("item", "tolist", "__float__", "__bool__", "__int__", "__index__", "numpy", "cpu"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, **kwargs):
+            counts["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    return counts
