@@ -94,9 +94,12 @@ class TruthfulOptunaSearch(OptunaSearch):
         orphans = getattr(self, "_orphans", None)
         if orphans and trial_id not in self._ot_trials:
             orphan = orphans.pop(0)
-            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, orphan._trial_id)
+            adopted = self._ot_trials[trial_id] = optuna.Trial(self._ot_study, orphan._trial_id)
+            for name, distribution in self._space.items():  # a kill between ask and its params
+                if name not in orphan.params:                  # left some (or all) unset
+                    adopted._suggest(name, distribution)       # Optuna's own sampling path
             logger.info("trial %s adopts Optuna trial %d asked for before the restore", trial_id, orphan.number)
-            return dict(orphan.params)
+            return dict(adopted.params)
         return super().suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
