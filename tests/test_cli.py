@@ -89,9 +89,11 @@ def user_module(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("overrides, fragments", [
-    (["run.data=usercode.empty_val"], ["run.data", "the val split is empty"]),
-    (["run.data=usercode.mismatched"], ["run: building data", "Size mismatch"]),
-    (["run.net=usercode.WrongHead", "run.net_config={}", "sweep.search_space={}"], ["run.criterion", "the criterion on the model's output", "raised"]),
+    (["run.data=usercode.empty_val"], ["run.data", "the val split of usercode.empty_val() must not be empty"]),
+    (["run.data=usercode.mismatched"], ["run.data", "usercode.mismatched() must not raise", "Size mismatch"]),
+    (["run.net=usercode.WrongHead", "run.net_config={}", "sweep.search_space={}"],
+     ["run.criterion", "on the model's outputs of shape (128,) float32 and targets of shape (128,) int64",
+      "must not raise, but got RuntimeError"]),
 ])
 def test_validate_preflight_catches_user_code(user_module, capsys, overrides, fragments):
     args = ["validate", str(DIGITS)]

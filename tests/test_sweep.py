@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import optuna
@@ -205,10 +206,35 @@ def test_optuna_storage_url(tmp_path):
 
 def test_sweep_where_every_trial_fails_exits_1(tmp_path, capsys):
     experiment = probe_experiment(tmp_path, num_samples=2)
-    experiment["run"]["net_config"]["mode"] = "raise"
+    # every trial's model raises (the file's own config is fine: `tuneloop sweep`'s one-batch preflight
+    # would refuse a model that raises on it before Ray starts, see test_bad_input.py)
+    experiment["sweep"]["search_space"]["net_config.mode"] = {"type": "categorical", "choices": ["raise"]}
     status, directory = run_sweep(tmp_path, experiment)
     out = capsys.readouterr().out
     assert status == 1
     assert "error: all 2 trials failed" in out
     assert all(t.state == optuna.trial.TrialState.FAIL for t in study_of(directory).trials)
     assert len(list(directory.glob("trial_*/error.txt"))) == 2
+
+
+def test_overwrite_starts_over_and_never_merges_into_an_old_study(tmp_path, capsys):
+    """An existing experiment directory and an old study of the same name in `sweep.optuna_storage`:
+    refused (pointing to `tuneloop resume`) without --overwrite; with it, both start over."""
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    old = optuna.create_study(study_name="probe", storage=url)
+    old.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=123.0))
+    stale = tmp_path / "results" / "probe" / "trial_old"
+    stale.mkdir(parents=True)
+    (stale / "result.json").write_text("{}\n")
+    experiment = probe_experiment(tmp_path, epochs=2, num_samples=2, optuna_storage=url)
+    assert run_sweep(tmp_path, experiment)[0] == 2
+    err = capsys.readouterr().err
+    assert "tuneloop resume" in err and "--overwrite" in err and stale.exists()
+    shutil.rmtree(stale.parent)
+    assert run_sweep(tmp_path, experiment)[0] == 2  # the directory is new, the study is not
+    assert "sweep.optuna_storage: already holds a study named 'probe'" in capsys.readouterr().err
+    status, directory = run_sweep(tmp_path, experiment, "--overwrite")
+    assert status == 0
+    trials = optuna.load_study(study_name="probe", storage=url).trials
+    assert len(trials) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert 123.0 not in [t.value for t in trials]

@@ -1,4 +1,4 @@
-"""The `tuneloop` command: sweep, resume, report, train, validate, doctor."""
+"""The `tuneloop` command: sweep, resume, report, dashboard, train, validate, doctor."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def make_parser() -> argparse.ArgumentParser:
     _add_experiment(train)
     train.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: run.device)")
     train.add_argument("--output", type=Path, help="run directory (default: STORAGE/NAME/train_TIMESTAMP)")
+    train.add_argument("--seeds", type=int, metavar="N",
+                       help="train N seeds (run.seed, run.seed+1, ...) as parallel Ray tasks; print mean ± std")
+    train.add_argument("--address", help="with --seeds: Ray cluster to run on (default: embedded local Ray)")
 
     sweep = commands.add_parser("sweep", help="run the experiment's sweep on Ray Tune")
     _add_experiment(sweep)
@@ -42,6 +45,7 @@ def make_parser() -> argparse.ArgumentParser:
     resume.add_argument("directory", help="the sweep's experiment directory (<storage_path>/<name>, or "
                         "<local_dir>/<name>, or its s3://bucket/prefix/<name>)")
     resume.add_argument("--address", help="Ray cluster to join (default: embedded local Ray)")
+    resume.add_argument("--quiet", action="store_true", help="no live progress table (for CI logs)")
 
     validate = commands.add_parser("validate", help="check the file, imports and one training batch")
     _add_experiment(validate)
@@ -52,6 +56,11 @@ def make_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="print the facts as JSON")
     report.add_argument("--top-k", type=int, default=5, help="how many of the best trials to list (default 5)")
 
+    dashboard = commands.add_parser("dashboard", help="optuna-dashboard on the sweep's study (optional extra)")
+    dashboard.add_argument("directory", help="the sweep's experiment directory (its local directory)")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    dashboard.add_argument("--port", type=int, default=8080, help="port to serve on (default 8080)")
+
     doctor = commands.add_parser("doctor", help="Python, torch, CUDA, GPUs, Ray, wandb; cluster resources; warnings")
     doctor.add_argument("--address", help="also report the resources of this running Ray cluster (`auto` on a node)")
     return parser
@@ -61,11 +70,20 @@ def cmd_train(args) -> int:
     from tuneloop import run
     from tuneloop.config import check_imports, load_experiment
 
+    if args.seeds is not None and args.seeds < 1:
+        raise UserError("must be at least 1", key="--seeds", value=args.seeds)
     cfg = load_experiment(args.experiment, args.overrides)
     check_imports(cfg, file=args.experiment)
     run_dir = args.output or run.default_run_dir(cfg)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UserError("the run directory must be new or empty", key="--output", value=str(run_dir))
+    if args.seeds is not None:
+        from tuneloop.seeds import train_seeds
+
+        results = train_seeds(cfg, file=args.experiment, run_dir=run_dir, seeds=args.seeds, device=args.device,
+                              address=args.address)
+        print(f"results in {run_dir} (seeds.csv, seeds.json, seed_<S>/)")
+        return 0 if all(r["stop_reason"] != "non_finite_loss" for r in results) else 1
     result = run.train(cfg, file=args.experiment, run_dir=run_dir, device=args.device)
     best = f"{result.best_val_loss:.6g} at epoch {result.best_epoch}" if result.best_epoch is not None else "none"
     stop = f" (stopped: {result.stop_reason})" if result.stop_reason else ""
@@ -75,18 +93,20 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from tuneloop import run
     from tuneloop.config import check_imports, load_experiment
     from tuneloop.sweep import run_sweep
 
     cfg = load_experiment(args.experiment, args.overrides)
     check_imports(cfg, file=args.experiment)
+    run.preflight(cfg, file=args.experiment, device="cpu")  # one batch, before Ray starts (cheap)
     return run_sweep(cfg, file=args.experiment, address=args.address, quiet=args.quiet, overwrite=args.overwrite)
 
 
 def cmd_resume(args) -> int:
     from tuneloop.sweep import resume_sweep
 
-    return resume_sweep(args.directory, address=args.address)
+    return resume_sweep(args.directory, address=args.address, quiet=args.quiet)
 
 
 def cmd_validate(args) -> int:
@@ -111,6 +131,14 @@ def cmd_report(args) -> int:
     return report(args.directory, top_k=args.top_k, as_json=args.json)
 
 
+def cmd_dashboard(args) -> int:
+    from tuneloop.dashboard import dashboard
+
+    if not 0 < args.port < 65536:
+        raise UserError("must be a port number, 1 to 65535", key="--port", value=args.port)
+    return dashboard(args.directory, host=args.host, port=args.port)
+
+
 def cmd_doctor(args) -> int:
     from tuneloop.doctor import doctor
 
@@ -118,7 +146,7 @@ def cmd_doctor(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "resume": cmd_resume, "validate": cmd_validate,
-            "report": cmd_report, "doctor": cmd_doctor}
+            "report": cmd_report, "dashboard": cmd_dashboard, "doctor": cmd_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt,
-                      PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator)
+                      PositiveFloat, PositiveInt, TypeAdapter, ValidationError, field_validator, model_validator)
 
 from tuneloop.errors import UserError, Verbatim
 from tuneloop.metrics import BUILTIN as BUILTIN_METRICS
@@ -22,6 +22,8 @@ from tuneloop.metrics import BUILTIN as BUILTIN_METRICS
 IMPORT_PATH = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$"
 ImportPath = Annotated[str, Field(pattern=IMPORT_PATH)]
 SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt", "pfl")
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?|mps)$"
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
 
 class Strict(BaseModel):
@@ -93,7 +95,7 @@ class RunConfig(Strict):
     batch_size: PositiveInt
     val_batch_size: PositiveInt = 1024
     seed: int = 0
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")] = "auto"
+    device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = "auto"
     early_stopping_config: EarlyStoppingConfig = EarlyStoppingConfig()
     checkpoint_config: CheckpointConfig = CheckpointConfig()
     gradient_monitor_config: GradientMonitorConfig = GradientMonitorConfig()
@@ -160,9 +162,14 @@ class CategoricalParam(Strict):
     def _choices(cls, choices: list[Any]) -> list[Any]:
         if not choices:
             raise ValueError("at least one choice must be given, but got []")
-        kinds = {_kind(c) for c in choices}
+        for choice in choices:
+            if choice is not None and not isinstance(choice, (bool, int, float, str)):
+                raise ValueError("each choice must be null, true/false, a number or a string (what Optuna's "
+                                 f"CategoricalDistribution stores), but got {choice!r} in {choices}")
+        kinds = {_kind(c) for c in choices if c is not None}  # null may join any one type (optional)
         if len(kinds) > 1:
-            raise ValueError(f"choices must all be of one type, but got types {sorted(kinds)} in {choices}")
+            raise ValueError(f"choices must all be of one type (null aside), but got types {sorted(kinds)} "
+                             f"in {choices}")
         if len({repr(c) for c in choices}) != len(choices):
             raise ValueError(f"choices must be distinct, but got {choices}")
         return choices
@@ -253,8 +260,10 @@ class SweepConfig(Strict):
             if scheme != "s3":
                 raise _KeyedError("s3_endpoint", "is only used with an s3:// storage_path",
                                   self.s3_endpoint, ["null"])
-            if not re.fullmatch(r"https?://[^/\s]+/?", self.s3_endpoint):
-                raise _KeyedError("s3_endpoint", "must be http(s)://host[:port]", self.s3_endpoint,
+            # no user:password@ (credentials would be written to experiment.yaml): AWS_* variables
+            if not re.fullmatch(r"https?://[^/\s@]+/?", self.s3_endpoint):
+                raise _KeyedError("s3_endpoint", "must be http(s)://host[:port] (credentials come from the AWS_* "
+                                  "variables, never from the file)", self.s3_endpoint,
                                   ["http://127.0.0.1:9000", "https://s3.example.com"])
         return self
 
@@ -268,8 +277,9 @@ class ExperimentConfig(Strict):
         keys = self.run.metric_keys()
         if self.sweep.metric not in keys:
             raise _KeyedError("sweep.metric", "must name a reported metric", self.sweep.metric, keys)
-        for dotted in self.sweep.search_space:
+        for dotted, param in self.sweep.search_space.items():
             _check_run_key(self.run, dotted)
+            _check_run_values(self.run, dotted, param)
         return self
 
 
@@ -290,6 +300,39 @@ def _check_run_key(run: RunConfig, dotted: str) -> None:
     elif not rest and isinstance(value, dict):
         raise _KeyedError(key, f"run.{head} is a mapping: name one of its keys", dotted,
                           [f"{head}.{k}" for k in value])
+
+
+def _check_run_values(run: RunConfig, dotted: str, param) -> None:
+    """Every value a search-space parameter can take must be valid for the typed field of `run` it
+    sets (`batch_size`, `epochs`, `early_stopping_config.patience`, ...): a trial would fail on it.
+    Free-form `*_config` dicts are checked against the user's code by `check_imports`/the preflight."""
+    head, _, rest = dotted.partition(".")
+    value = getattr(run, head)
+    model, name = (type(value), rest) if isinstance(value, BaseModel) else (RunConfig, head)
+    if isinstance(value, dict) or name not in model.model_fields:
+        return
+    field = model.model_fields[name]
+    adapter = TypeAdapter(Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation)
+    if isinstance(param, CategoricalParam):
+        candidates = [("choices", choice) for choice in param.choices]
+    else:
+        candidates = [("low", param.low), ("high", param.high)]
+        if isinstance(param, FloatParam) and param.step is None:  # a float between the bounds
+            candidates.append(("type", param.low + (param.high - param.low) * 0.371))
+    for where, candidate in candidates:
+        try:
+            adapter.validate_python(candidate)
+        except ValidationError as exc:
+            detail = exc.errors()[0]
+            kind = detail["type"]
+            rule = RULES[kind].format(**(detail.get("ctx") or {})) if kind in RULES else detail["msg"]
+            if kind == "string_pattern_mismatch" and (detail.get("ctx") or {}).get("pattern") == DEVICE_PATTERN:
+                rule = "must be a device name: " + ", ".join(DEVICES)
+            if where == "type":
+                raise _KeyedError(f"sweep.search_space.{dotted}.type", f"run.{dotted} {rule}: every value between low "
+                                  "and high must be valid for it (use type: int)", candidate, ["int"]) from None
+            raise _KeyedError(f"sweep.search_space.{dotted}.{where}", f"every value must be valid for run.{dotted}, "
+                              f"which {rule}", candidate) from None
 
 
 class _KeyedError(ValueError):
@@ -338,9 +381,13 @@ def parse_yaml(text: str, *, file: str | None = None) -> Any:
         return yaml.load(text, Loader=_Yaml12Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         problem = getattr(exc, "problem", None) or str(exc)
-        raise UserError(f"is not valid YAML ({problem} at {where})", file=file) from None
+        if mark is None:
+            raise UserError(f"is not valid YAML: {problem}", file=file) from None
+        lines = text.splitlines()
+        found = Verbatim(repr(lines[mark.line])) if mark.line < len(lines) else Verbatim("the end of the file")
+        raise UserError(f"is not valid YAML: {problem}", file=file, key=f"line {mark.line + 1}, column {mark.column + 1}",
+                        value=found) from None
 
 
 def dump_yaml(data: Any) -> str:
@@ -438,6 +485,8 @@ def _translate(error: dict, *, file: str) -> UserError:
         tags = re.findall(r"'([^']*)'", str(context.get("expected_tags", "")))
         return UserError("type must be one of the valid choices", file=file, key=f"{key}.type",
                          value=context.get("tag", ...), choices=tags)
+    if kind == "string_pattern_mismatch" and context.get("pattern") == DEVICE_PATTERN:
+        return UserError("must be a device name", file=file, key=key, value=value, choices=DEVICES)
     if kind == "string_pattern_mismatch" and context.get("pattern") == IMPORT_PATH:
         return UserError("must be an import path like package.module.Name", file=file, key=key, value=value)
     if kind == "value_error":
@@ -509,6 +558,10 @@ def check_imports(cfg: ExperimentConfig, *, file: str) -> dict[str, Any]:
         _check_scheduler(cfg)
         return resolved
     except UserError as error:
+        dotted = (error.key or "").removeprefix("run.")
+        head, _, name = dotted.partition(".")
+        if dotted in cfg.sweep.search_space and name not in (getattr(cfg.run, head, None) or {}):
+            error.key = f"sweep.search_space.{dotted}"  # the name came from the search space, not from run
         raise error.at(file=file) from None
 
 
@@ -544,3 +597,11 @@ def _check_scheduler(cfg: ExperimentConfig) -> None:
                                 choices=list(cfg.sweep.search_space))
     check_kwargs(cls, kwargs, key="sweep.scheduler", path=f"{scheduler.name} scheduler ({cls.__name__})",
                  supplied=reserved, check_required=False, strict=True)
+    if scheduler.name == "pfl":
+        from tuneloop.schedulers import PREDICTORS
+
+        if kwargs.get("predictor", PREDICTORS[0]) not in PREDICTORS:
+            raise UserError("must name a predictor", key="sweep.scheduler.predictor", value=kwargs["predictor"],
+                            choices=PREDICTORS)
+        if not isinstance(kwargs.get("k", 1), int) or kwargs.get("k", 1) < 1:
+            raise UserError("k >= 1 must hold", key="sweep.scheduler.k", value=kwargs["k"])

@@ -12,7 +12,9 @@ class Verbatim(str):
 
 
 def show(value: Any, limit: int = 80) -> str:
-    """A value as the user would write it, shortened when long."""
+    """A value as the user would write it, shortened when long (a Verbatim one: when very long)."""
+    if isinstance(value, Verbatim):
+        limit = max(limit, 400)
     text = repr(value) if isinstance(value, str) and not isinstance(value, Verbatim) else str(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -18,9 +18,17 @@ BOUNDARY = 0.05  # a best value within 5% of a bound (of the range, log scale fo
 
 def load(directory: Path):
     """(cfg, study, histories) of the sweep in `directory` (its local directory)."""
+    from tuneloop.sweep import experiment_storage
+
+    cfg, study = load_study(directory)
+    return cfg, study, trial_histories(experiment_storage(cfg))
+
+
+def load_study(directory: Path):
+    """(cfg, Optuna study) of the sweep in `directory` (its local directory)."""
     import optuna
 
-    from tuneloop.sweep import experiment_storage, load_sweep, optuna_url
+    from tuneloop.sweep import load_sweep, optuna_url
 
     directory = Path(directory).expanduser().resolve()
     cfg = load_sweep(directory)
@@ -30,7 +38,7 @@ def load(directory: Path):
     except KeyError:
         raise UserError("holds no Optuna study yet (the sweep has not started a trial)",
                         key="EXPERIMENT_DIR", value=str(directory)) from None
-    return cfg, study, trial_histories(experiment_storage(cfg))
+    return cfg, study
 
 
 def trial_histories(storage) -> dict[str, dict]:

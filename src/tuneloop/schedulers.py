@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import statistics
 
 from ray.tune.schedulers import (ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule,
                                  PopulationBasedTraining, TrialScheduler)
@@ -20,27 +21,47 @@ from tuneloop.storage import state_file
 TIME_ATTR = "training_iteration"  # epochs trained by the trial (1-based), the schedulers' clock
 
 
+PREDICTORS = ("reported", "exponential", "shifted_exponential", "power_law", "last")
+DEFAULT_PREDICTOR = "reported"
+
+
 class PredictedFinalLossScheduler(FIFOScheduler):
     """Stop a trial whose predicted final loss is worse than the k-th best completed final val_loss.
 
-    Acts only once `n_startup_trials` trials completed and the trial has trained `n_warmup_epochs`
-    epochs. NaN-safe: non-finite finals are never counted and non-finite predictions never stop a
-    trial. With `state_path` (absolute, or a name in the sweep's local directory) its state (the
-    finals) is written after each change and read back when the scheduler is created or unpickled,
-    so it survives `Tuner.restore`.
+    The prediction is the trial's reported `predicted_final_loss` (`predictor="reported"`: the
+    LossPredictionCallback's `A·exp(K·t)` fit), or the scheduler's own fit of the trial's val_loss
+    history to epoch `max_t - 1` (`exponential`, `shifted_exponential`, `power_law`, or `last`: see
+    `tuneloop.curves`; with `guard`, an ill-behaved curve or an absurd fit gives the mean of the last
+    three losses). With `calibrate`, the prediction at epoch e is corrected by the completed trials:
+    multiplied by the median over them of (final / their own prediction at epoch e) (an offset when
+    a value is not positive), which removes a predictor's systematic bias at that epoch (e.g. `last`
+    always predicts too high early on). Acts only once `n_startup_trials` trials completed and the
+    trial has trained `n_warmup_epochs` epochs. NaN-safe: non-finite finals are never counted and
+    non-finite predictions never stop a trial. With `state_path` (absolute, or a name in the sweep's
+    local directory) its state (finals, stopped trials, the histories and predictions it keeps) is
+    written after each change and read back when the scheduler is created or unpickled, so it
+    survives `Tuner.restore`.
     """
 
     def __init__(self, k: int = 3, n_startup_trials: int = 5, n_warmup_epochs: int = 10,
                  prediction: str = "predicted_final_loss", final: str = "val_loss",
-                 state_path: str | None = None):
+                 predictor: str = DEFAULT_PREDICTOR, guard: bool = True, calibrate: bool = False,
+                 max_t: int | None = None, state_path: str | None = None):
         super().__init__()
         if k < 1:
             raise ValueError(f"k >= 1 must hold, but got k={k}")
+        if predictor not in PREDICTORS:
+            raise ValueError(f"predictor must be one of {', '.join(PREDICTORS)}, but got {predictor!r}")
+        if predictor != "reported" and (max_t is None or max_t < 1):
+            raise ValueError(f"max_t >= 1 must hold for predictor {predictor!r}, but got max_t={max_t}")
         self.k, self.n_startup_trials, self.n_warmup_epochs = k, n_startup_trials, n_warmup_epochs
         self.prediction, self.final = prediction, final
+        self.predictor, self.guard, self.calibrate, self.max_t = predictor, guard, calibrate, max_t
         self.state_path = state_path
         self.finals: dict[str, float] = {}  # trial id → final val_loss of completed trials
         self.stopped: list[str] = []
+        self.history: dict[str, dict[int, float]] = {}  # running trial id → {epoch: val_loss} (own predictors)
+        self.raw: dict[str, dict[int, float]] = {}  # trial id → {epoch: uncalibrated prediction} (calibrate)
         self._load()
 
     def threshold(self) -> float | None:
@@ -50,44 +71,110 @@ class PredictedFinalLossScheduler(FIFOScheduler):
             return None
         return finals[self.k - 1]
 
+    def predict(self, trial_id: str, result: dict) -> float | None:
+        """The trial's predicted final loss: reported, or fitted to its history here."""
+        if self.predictor == "reported":
+            return result.get(self.prediction)
+        from tuneloop.curves import predict_final
+
+        history = self.history.get(trial_id, {})
+        epochs = sorted(history)
+        try:
+            return predict_final(epochs, [history[e] for e in epochs], self.max_t - 1, self.predictor,
+                                 guard=self.guard)
+        except ValueError:  # an unguarded fit that failed: no prediction, no stop
+            return None
+
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        """Record the epoch's loss; STOP once the predicted final loss is worse than the threshold."""
         if trial.trial_id in self.stopped:  # stopped before a driver crash, resumed by the restore
             return TrialScheduler.STOP
-        predicted = result.get(self.prediction)
+        if self.predictor != "reported":
+            self._record(trial.trial_id, result)
+        if result.get(TIME_ATTR, 0) < self.n_warmup_epochs or result.get("trial_done"):
+            return TrialScheduler.CONTINUE  # its own last epoch: the final itself, nothing to predict
         threshold = self.threshold()
-        if (threshold is None or result.get(TIME_ATTR, 0) < self.n_warmup_epochs
-                or not isinstance(predicted, (int, float)) or not math.isfinite(predicted)):
+        if threshold is None and not self.calibrate:
             return TrialScheduler.CONTINUE
-        if predicted > threshold:
+        predicted = self.predict(trial.trial_id, result)
+        if not _finite(predicted):
+            return TrialScheduler.CONTINUE
+        if self.calibrate:  # the completed trials' predictions at this epoch calibrate later ones
+            epoch = _epoch(result)
+            self.raw.setdefault(trial.trial_id, {})[epoch] = float(predicted)
+            self._save()
+            predicted = self.calibrated(float(predicted), epoch)
+        if threshold is not None and predicted > threshold:
             self.stopped.append(trial.trial_id)
+            self.history.pop(trial.trial_id, None)
+            self.raw.pop(trial.trial_id, None)
             self._save()
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
 
+    def calibrated(self, predicted: float, epoch: int) -> float:
+        """`predicted` corrected by the completed trials' final / prediction at `epoch` (median)."""
+        pairs = [(final, self.raw[t][epoch]) for t, final in self.finals.items() if epoch in self.raw.get(t, {})]
+        if not pairs:
+            return predicted
+        if predicted > 0 and all(f > 0 and p > 0 for f, p in pairs):
+            return predicted * statistics.median(f / p for f, p in pairs)
+        return predicted + statistics.median(f - p for f, p in pairs)
+
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        """Count the final val_loss of a trial that reached its own end."""
         value = (result or {}).get(self.final)
-        if (result or {}).get("trial_done") and isinstance(value, (int, float)) and math.isfinite(value):
-            self.finals[trial.trial_id] = float(value)
+        dropped = self.history.pop(trial.trial_id, None) is not None
+        if (result or {}).get("trial_done") and _finite(value):
+            self.finals[trial.trial_id] = float(value)  # its predictions (raw) stay: they calibrate
+            self._save()
+        elif dropped or self.raw.pop(trial.trial_id, None) is not None:
             self._save()
 
     def debug_string(self) -> str:
-        return (f"Using PredictedFinalLoss: {len(self.finals)} finals, threshold {self.threshold()}, "
-                f"{len(self.stopped)} stopped")
+        return (f"Using PredictedFinalLoss ({self.predictor}): {len(self.finals)} finals, threshold "
+                f"{self.threshold()}, {len(self.stopped)} stopped")
+
+    def _record(self, trial_id: str, result: dict) -> None:
+        value = result.get(self.final)
+        if isinstance(value, (int, float)):
+            self.history.setdefault(trial_id, {})[_epoch(result)] = float(value)  # a re-run epoch overwrites
+            self._save()
 
     def _save(self) -> None:
         if self.state_path:
-            atomic_write_text(state_file(self.state_path),
-                              json.dumps({"finals": self.finals, "stopped": self.stopped}))
+            history, raw = ({t: {str(e): v for e, v in h.items()} for t, h in kept.items()}
+                            for kept in (self.history, self.raw))
+            atomic_write_text(state_file(self.state_path), json.dumps(
+                {"finals": self.finals, "stopped": self.stopped, "history": history, "raw": raw}))
 
     def _load(self) -> None:
         path = state_file(self.state_path) if self.state_path else None
         if path is not None and path.exists():
             state = json.loads(path.read_text())
             self.finals, self.stopped = state["finals"], state["stopped"]
+            self.history, self.raw = ({t: {int(e): float(v) for e, v in h.items()}
+                                       for t, h in state.get(name, {}).items()} for name in ("history", "raw"))
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("history", {})
+        self.__dict__.setdefault("predictor", "reported")
+        self.__dict__.setdefault("guard", True)
+        self.__dict__.setdefault("max_t", None)
+        self.__dict__.setdefault("calibrate", False)
+        self.__dict__.setdefault("raw", {})
         self._load()
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _epoch(result: dict) -> int:
+    """The result's 0-based epoch (`epoch`, else `training_iteration - 1`)."""
+    epoch = result.get("epoch")
+    return int(epoch) if isinstance(epoch, (int, float)) else int(result.get(TIME_ATTR, 1)) - 1
 
 
 class PersistentASHA(ASHAScheduler):
@@ -164,7 +251,7 @@ SCHEDULERS = {
     "hyperband": (HyperBand, ("time_attr", "metric", "mode", "max_t")),
     "median": (MedianStopping, ("time_attr", "metric", "mode")),
     "pbt": (PBT, ("time_attr", "metric", "mode", "hyperparam_mutations")),
-    "pfl": (PredictedFinalLossScheduler, ("state_path",)),
+    "pfl": (PredictedFinalLossScheduler, ("max_t", "state_path")),
 }
 
 
@@ -175,7 +262,7 @@ def build_scheduler(name: str, kwargs: dict, *, metric: str, mode: str, epochs: 
     if name == "fifo":
         return FIFOScheduler()
     if name == "pfl":
-        return PredictedFinalLossScheduler(**kwargs, state_path="pfl_state.json")
+        return PredictedFinalLossScheduler(**kwargs, max_t=epochs, state_path="pfl_state.json")
     common = {"time_attr": TIME_ATTR, "metric": metric, "mode": mode}
     if name in ("asha", "hyperband"):
         common["max_t"] = epochs

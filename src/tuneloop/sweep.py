@@ -15,13 +15,16 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloop.checkpointing import atomic_write_text
 from tuneloop.config import ExperimentConfig, dump_yaml, load_experiment
-from tuneloop.errors import UserError
+from tuneloop.credentials import keep_credentials_out_of_ray
+from tuneloop.errors import UserError, Verbatim
+from tuneloop.locking import clear_directory, experiment_lock, has_content
 from tuneloop.search_space import apply_params
 from tuneloop.storage import DRIVER_FILES, STUDY_FILE, Storage, is_remote, tune_storage, use_sweep
 
@@ -63,7 +66,7 @@ def build_trainable(cfg: ExperimentConfig):
     """`train_trial` with the run section and the resources per trial (also what a restore needs)."""
     from ray import tune
 
-    from tuneloop.trial import train_trial
+    from tuneloop.trial import train_trial, trainable_class
 
     sweep, run = cfg.sweep, cfg.run
     run_dict = run.model_dump(mode="json", by_alias=True)
@@ -71,13 +74,14 @@ def build_trainable(cfg: ExperimentConfig):
         # A paused trial continues from its last checkpoint: without one every epoch, the epochs
         # after it would run twice. PBT also needs the checkpoint of the epoch it exploits.
         run_dict["checkpoint_config"].update(enabled=True, save_every_n_epochs=1)
+    function = tune.with_parameters(train_trial, run=run_dict, experiment=run.name,
+                                    tags=(f"scheduler:{sweep.scheduler.name}", f"sampler:{sweep.sampler.name}"))
     return tune.with_resources(
-        tune.with_parameters(train_trial, run=run_dict, experiment=run.name,
-                             tags=(f"scheduler:{sweep.scheduler.name}", f"sampler:{sweep.sampler.name}")),
+        trainable_class(function),
         {"cpu": sweep.resources_per_trial.cpu, "gpu": sweep.resources_per_trial.gpu})
 
 
-def build_tuner(cfg: ExperimentConfig, *, quiet: bool = False):
+def build_tuner(cfg: ExperimentConfig):
     """The Tuner for `cfg`: TruthfulOptunaSearch (or random search for PBT), the scheduler,
     resources per trial, failure and checkpoint settings."""
     import optuna
@@ -88,6 +92,7 @@ def build_tuner(cfg: ExperimentConfig, *, quiet: bool = False):
     from tuneloop.schedulers import build_scheduler
     from tuneloop.search_space import to_optuna, to_tune
     from tuneloop.searcher import StudyRecorder, TruthfulOptunaSearch
+    from tuneloop.sweep_progress import SweepProgress
 
     sweep, run = cfg.sweep, cfg.run
     use_sweep(experiment_dir(cfg), experiment_storage(cfg))
@@ -110,7 +115,9 @@ def build_tuner(cfg: ExperimentConfig, *, quiet: bool = False):
                                         sampler=sampler, study_name=run.name, study_url=sweep.optuna_storage)
         mutations = None
     ck = run.checkpoint_config
-    callbacks += [KeepCheckpoints(ck.keep_last_k, ck.monitor, ck.mode), StateBackup(), TrialEnds()]
+    callbacks += [KeepCheckpoints(ck.keep_last_k, ck.monitor, ck.mode), StateBackup(), TrialEnds(),
+                  SweepProgress(run.name, sweep.scheduler.name, sweep.metric, sweep.mode, sweep.num_samples,
+                                run.epochs, list(sweep.search_space))]
     scheduler = build_scheduler(sweep.scheduler.name, scheduler_kwargs, metric=sweep.metric,
                                 mode=sweep.mode, epochs=run.epochs, mutations=mutations)
     trainable = build_trainable(cfg)
@@ -127,9 +134,9 @@ def build_tuner(cfg: ExperimentConfig, *, quiet: bool = False):
     run_config = tune.RunConfig(
         name=run.name, storage_path=storage_path, storage_filesystem=storage_filesystem, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-        sync_config=tune.SyncConfig(sync_artifacts=is_remote(sweep.storage_path)),  # see trial.wandb_dir
+        sync_config=tune.SyncConfig(sync_artifacts=is_remote(sweep.storage_path)),  # see trial.artifact_dir
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-        verbose=0 if quiet else 1)
+        verbose=0)  # Ray's own wall of columns: off; SweepProgress shows a compact table instead
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
@@ -256,24 +263,28 @@ def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def ensure_ray(address: str | None) -> bool:
-    """Connect to `address` (or start an embedded local Ray); True when this call started Ray."""
+def ensure_ray(address: str | None, *, worker_logs: bool = True) -> bool:
+    """Connect to `address` (or start an embedded local Ray); True when this call started Ray.
+    `worker_logs`: forward the trials' output to the driver's (not under a live table)."""
     import ray
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # see build_tuner's loggers
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no boxes (SweepProgress reports)
     # Snapshot the experiment state after every result (Tune's default: every >= 10 s). After a
     # driver crash, trials restart from the checkpoint the last snapshot names: with a lagging
     # snapshot they would retrain every epoch since. Users may set their own period.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     # A stopped trial's thread still finishes its W&B run (flushing the offline files) after the
-    # scheduler's STOP; Ray gives it 2 s before it abandons the actor, killing wandb mid-write.
+    # scheduler's STOP; before reusing its actor for the next trial Ray waits 2 s, then abandons
+    # the actor, killing wandb mid-write (a stopped actor: see trial.trainable_class).
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
+    keep_credentials_out_of_ray()  # Ray Tune would log the driver's AWS keys (tuneloop.credentials)
     if ray.is_initialized():
         return False
     # Without --address (or RAY_ADDRESS, which `ray job submit` sets) start our own local Ray:
     # Ray would otherwise join whatever cluster was last started on this machine.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, include_dashboard=False, log_to_driver=True,
+    ray.init(address=address, include_dashboard=False, log_to_driver=worker_logs,
              configure_logging=True, logging_level="WARNING")
     return True
 
@@ -283,27 +294,35 @@ def run_sweep(cfg: ExperimentConfig, *, file: str, address: str | None = None, q
     """Run the sweep; print the table and the best config; return the exit status."""
     if not cfg.sweep.search_space:
         raise UserError("a sweep needs at least one parameter to search", file=file, key="sweep.search_space",
-                        value={}, choices=["optimizer_config.lr: {type: float, low: 1.0e-4, high: 1.0, log: true}"])
+                        value={}, choices=[Verbatim("optimizer_config.lr: {type: float, low: 1.0e-4, high: 1.0, log: true}")])
     directory, storage = experiment_dir(cfg), experiment_storage(cfg)
     check_storage(cfg, storage, file=file)
-    if (directory.exists() and any(directory.iterdir())) or (not storage.is_local and storage.exists()):
+    if has_content(directory) or (not storage.is_local and storage.exists()):
         if not overwrite:
             raise UserError("the experiment directory already exists; continue it with "
                             f"`tuneloop resume {directory}` or start over with --overwrite",
                             file=file, key="sweep.storage_path", value=storage.uri)
+    old_study = check_study(cfg, file=file, overwrite=overwrite)
+    if local_ray(address):
+        check_local_resources(cfg, file=file)
 
     def start():  # the Tuner, once Ray is up and the storage suits the cluster
         if overwrite:
-            shutil.rmtree(directory, ignore_errors=True)
+            clear_directory(directory)  # all but the lock this driver holds
             if storage.exists():
                 storage.delete_dir("")
+        if old_study:  # in sweep.optuna_storage, outside the experiment directory
+            import optuna
+
+            optuna.delete_study(study_name=cfg.run.name, storage=cfg.sweep.optuna_storage)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(directory / EXPERIMENT_FILE, dump_yaml(cfg.model_dump(mode="json", by_alias=True)))
         if not storage.is_local:  # so that even a crashed first run can be found from its URI
             storage.upload(directory, [EXPERIMENT_FILE])
-        return build_tuner(cfg, quiet=quiet)
+        return build_tuner(cfg)
 
-    return _fit(cfg, start, address, file=file)
+    with experiment_lock(directory, "run"):  # one driver per experiment directory (tuneloop.locking)
+        return _fit(cfg, start, address, file=file, quiet=quiet)
 
 
 def check_storage(cfg: ExperimentConfig, storage: Storage, *, file: str | None) -> None:
@@ -311,12 +330,9 @@ def check_storage(cfg: ExperimentConfig, storage: Storage, *, file: str | None) 
     exist, a local directory that cannot be created or written."""
     key = "sweep.storage_path"
     if storage.is_local:
-        base = Path(storage.root).parent
-        existing = next(p for p in (base, *base.parents) if p.exists())
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            raise UserError(f"must be a directory this user can write, but {existing} is not",
-                            file=file, key=key, value=cfg.sweep.storage_path)
+        _check_writable(Path(storage.root), key=key, value=cfg.sweep.storage_path, file=file)
         return
+    _check_writable(experiment_dir(cfg), key="sweep.local_dir", value=cfg.sweep.local_dir, file=file)
     bucket = storage.root.split("/", 1)[0]
     try:
         found = storage.fs.get_file_info(bucket).type.name != "NotFound"
@@ -326,6 +342,120 @@ def check_storage(cfg: ExperimentConfig, storage: Storage, *, file: str | None) 
     if not found:
         raise UserError(f"the bucket {bucket!r} does not exist (create it first)", file=file, key=key,
                         value=cfg.sweep.storage_path)
+
+
+def _check_writable(directory: Path, *, key: str, value: str, file: str | None) -> None:
+    """`directory` (the experiment's) is a directory this user can write, or can be created."""
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"must lead to a directory, but {directory} is a file", file=file, key=key, value=value)
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"must be a directory this user can write ({existing} is a file)", file=file, key=key,
+                        value=value)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"must be a directory this user can write ({existing} is not writable)", file=file,
+                        key=key, value=value)
+
+
+def check_study(cfg: ExperimentConfig, *, file: str | None, overwrite: bool) -> bool:
+    """A `sweep.optuna_storage` outside the experiment directory that already holds a study named
+    `run.name`: Optuna (load_if_exists) would silently merge the new sweep into it. Refused unless
+    --overwrite (then the old study is deleted); returns whether it exists. Read-only: a missing
+    SQLite file is not created."""
+    import sqlalchemy
+
+    url, name, key = cfg.sweep.optuna_storage, cfg.run.name, "sweep.optuna_storage"
+    if not url:
+        return False  # the experiment directory's optuna.db: the directory check covers it
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return False
+    engine = None
+    try:
+        engine = sqlalchemy.create_engine(url)
+        with engine.connect() as connection:
+            if not sqlalchemy.inspect(connection).has_table("studies"):
+                return False
+            found = connection.execute(sqlalchemy.text("SELECT COUNT(*) FROM studies WHERE study_name = :name"),
+                                       {"name": name}).scalar()
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise UserError(f"must be an Optuna storage this machine can read ({type(exc).__name__}: {detail})",
+                        file=file, key=key, value=url) from None
+    finally:
+        if engine is not None:
+            engine.dispose()
+    if found and not overwrite:
+        raise UserError(f"already holds a study named {name!r} (run.name), which a new sweep would merge into; "
+                        "continue it with `tuneloop resume EXPERIMENT_DIR`, change run.name, or start over with "
+                        "--overwrite (deletes that study)", file=file, key=key, value=url)
+    return bool(found)
+
+
+def local_ray(address: str | None) -> bool:
+    """Whether this sweep starts its own embedded local Ray (no --address, no RAY_ADDRESS, no Ray yet)."""
+    if (address or os.environ.get("RAY_ADDRESS") or "local") != "local":
+        return False
+    import ray
+
+    return not ray.is_initialized()
+
+
+def check_local_resources(cfg: ExperimentConfig, *, file: str | None) -> None:
+    """Before an embedded local Ray starts: one trial's cpu and gpu must fit on this machine
+    (Ray would leave every trial PENDING forever)."""
+    import torch
+
+    try:
+        from ray._private.utils import get_num_cpus  # what Ray will detect (cgroup limits included)
+
+        cpus = get_num_cpus()
+    except Exception:  # pragma: no cover - a Ray without that helper
+        cpus = os.cpu_count() or 1
+    gpus = torch.cuda.device_count()
+    need = cfg.sweep.resources_per_trial
+    hint = "the sweep runs on an embedded local Ray here; --address joins a cluster"
+    if need.cpu > cpus:
+        raise UserError(f"cpu <= {cpus} must hold (this machine has {cpus} CPUs; {hint})", file=file,
+                        key="sweep.resources_per_trial.cpu", value=Verbatim(f"cpu={need.cpu:g}"))
+    if need.gpu > gpus:
+        seen = f"torch sees {gpus} CUDA GPU(s) here" + (
+            f" with CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r}" if "CUDA_VISIBLE_DEVICES" in os.environ
+            else "")
+        raise UserError(f"gpu <= {gpus} must hold ({seen}; {hint})", file=file,
+                        key="sweep.resources_per_trial.gpu", value=Verbatim(f"gpu={need.gpu:g}"))
+
+
+AUTOSCALER_CONFIG = "~/ray_bootstrap_config.yaml"  # present on the head of a `ray up` cluster
+
+
+def check_cluster_resources(cfg: ExperimentConfig, *, file: str | None) -> None:
+    """Once connected, before the Tuner runs: one trial's cpu and gpu must fit on one node of the
+    cluster (its placement group is one bundle), counting the node types an autoscaler can add.
+    Otherwise Ray would leave every trial PENDING forever."""
+    import ray
+
+    need = cfg.sweep.resources_per_trial
+    nodes = [(n.get("Resources", {}).get("CPU", 0), n.get("Resources", {}).get("GPU", 0))
+             for n in ray.nodes() if n.get("Alive")]
+    autoscaler = Path(AUTOSCALER_CONFIG).expanduser()
+    if autoscaler.is_file():
+        import yaml
+
+        try:
+            types = (yaml.safe_load(autoscaler.read_text()) or {}).get("available_node_types") or {}
+        except (OSError, yaml.YAMLError):
+            return
+        for node_type in types.values():
+            resources = (node_type or {}).get("resources")
+            if not resources or "CPU" not in resources:
+                return  # detected when the node starts: cannot tell beforehand
+            nodes.append((resources.get("CPU", 0), resources.get("GPU", 0)))
+    if not nodes or any(cpu >= need.cpu and gpu >= need.gpu for cpu, gpu in nodes):
+        return
+    shown = "; ".join(f"cpu={cpu:g}, gpu={gpu:g}" for cpu, gpu in sorted(set(nodes)))
+    raise UserError(f"one trial's cpu and gpu must fit on one node of the cluster (its nodes"
+                    f"{' and node types' if autoscaler.is_file() else ''}: {shown})", file=file,
+                    key="sweep.resources_per_trial", value=Verbatim(f"cpu={need.cpu:g}, gpu={need.gpu:g}"))
 
 
 def check_shared_storage(cfg: ExperimentConfig, storage: Storage, *, file: str | None) -> None:
@@ -343,19 +473,27 @@ def check_shared_storage(cfg: ExperimentConfig, storage: Storage, *, file: str |
                         key="sweep.storage_path", value=cfg.sweep.storage_path)
 
 
-def resume_sweep(target: str | Path, *, address: str | None = None) -> int:
+def resume_sweep(target: str | Path, *, address: str | None = None, quiet: bool = False) -> int:
     """Continue an interrupted sweep: finished trials stay, running ones continue from their last
     checkpoint, pending ones start; the searcher and the schedulers' saved state continue.
 
     `target` is the experiment's local directory, or its storage URI (`s3://bucket/prefix/name`):
-    then the driver's files missing locally are fetched from the storage first.
+    then the driver's files missing locally are fetched from the storage first. A second driver
+    on the same directory is refused (tuneloop.locking).
     """
+    directory = _local_directory(str(target))
+    cfg = load_sweep(directory, shown=str(target))
+    with experiment_lock(directory, "resumed"):  # refuses a second driver, before Ray starts
+        return _resume(cfg, directory, target, address, quiet)
+
+
+def _resume(cfg: ExperimentConfig, directory: Path, target: str | Path, address: str | None,
+            quiet: bool = False) -> int:
+    """resume_sweep, once this driver holds the experiment directory's lock."""
     from ray import tune
 
     from tuneloop.experiment_state import relocate, repair
 
-    directory = _local_directory(str(target))
-    cfg = load_sweep(directory, shown=str(target))
     if (directory / DONE_FILE).is_file():
         print(f"the sweep in {directory} already finished; nothing to resume "
               f"(`tuneloop report {directory}` summarizes it)")
@@ -380,7 +518,7 @@ def resume_sweep(target: str | Path, *, address: str | None = None) -> int:
                                   resume_errored=True, storage_filesystem=filesystem,
                                   param_space=_param_space(cfg) if cfg.sweep.scheduler.name == "pbt" else None)
 
-    return _fit(cfg, restore, address)
+    return _fit(cfg, restore, address, quiet=quiet)
 
 
 def load_sweep(directory: Path, shown: str | None = None) -> ExperimentConfig:
@@ -426,16 +564,22 @@ def _param_space(cfg: ExperimentConfig) -> dict:
     return to_tune(cfg.sweep.search_space)
 
 
-def _fit(cfg: ExperimentConfig, make_tuner, address: str | None, file: str | None = None) -> int:
+def _fit(cfg: ExperimentConfig, make_tuner, address: str | None, file: str | None = None,
+         quiet: bool = False) -> int:
     import ray
 
     from tuneloop.experiment_state import publish_final
+    from tuneloop.sweep_progress import SweepProgress
+
+    SweepProgress.configure(quiet=quiet)
+    live_table = not quiet and sys.stdout.isatty()  # redrawn in place: the trials' output would break it
 
     directory, storage = experiment_dir(cfg), experiment_storage(cfg)
     use_sweep(directory, storage)  # before a restore unpickles the searcher and the schedulers
-    started = ensure_ray(address)
+    started = ensure_ray(address, worker_logs=not live_table)
     try:
         check_shared_storage(cfg, storage, file=file)
+        check_cluster_resources(cfg, file=file)
         results = make_tuner().fit()
         publish_final(results._experiment_analysis.trials, storage)
     finally:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from tuneloop.build import build_run, run_hash
+from tuneloop.callbacks.metrics_csv import MetricsCsvCallback
 from tuneloop.callbacks.pruner import PrunerCallback
 from tuneloop.checkpointing import load_tune_checkpoint, restore_state
 from tuneloop.config import RunConfig
@@ -56,10 +57,11 @@ def apply_hyperparameters(trainer, optimizer_config: dict) -> None:
                 group[key] = value
 
 
-def wandb_dir(context) -> str:
-    """Where the trial's W&B files go: its directory in the storage when that is local (Ray only
-    syncs the working directory at checkpoints, and the run's last records come after the last
-    report), else the working directory, which Ray syncs to the storage (`sync_artifacts`)."""
+def artifact_dir(context) -> str:
+    """Where the trial's own files (W&B run, metrics.csv) go: its directory in the storage when
+    that is local (Ray only syncs the working directory at checkpoints, and the run's last records
+    come after the last report), else the working directory, which Ray syncs to the storage
+    (`sync_artifacts`)."""
     import pyarrow.fs
     from ray.train._internal.session import get_storage
 
@@ -67,6 +69,32 @@ def wandb_dir(context) -> str:
     if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
         return storage.trial_fs_path
     return context.get_trial_dir()
+
+
+THREAD_TIMEOUT_S = 30  # how long a stopped trial's thread may take to end (W&B finish, clean-up)
+
+
+def trainable_class(function):
+    """Tune's class for the function trainable `function`, whose `stop` waits for the trial's thread.
+
+    Ray's function trainable does not wait (timeout 0) when its actor is stopped rather than
+    reused (always at the end of a sweep): the actor exits while the thread that got the
+    scheduler's STOP is still in `on_train_end`, and the trial's W&B run is cut off unfinished
+    (empty offline files). Here the thread gets `THREAD_TIMEOUT_S` to end first.
+    """
+    from ray.train._internal.session import get_session
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    class TuneloopTrial(wrap_function(function)):
+        def cleanup(self):
+            session = get_session()
+            if session is not None and session.training_started and session.training_thread.is_alive():
+                session.stop_event.set()  # as Ray's own finish: the thread leaves its report
+                session.continue_lock.release()
+                session.training_thread.join(timeout=THREAD_TIMEOUT_S)
+            super().cleanup()
+
+    return TuneloopTrial
 
 
 def train_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ...] = ()) -> None:
@@ -87,12 +115,13 @@ def train_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ..
           f"{torch.get_num_threads()} threads): {config}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"tuneloop-{context.get_trial_id()}-"))
     pruner = PrunerCallback(static=where)
+    files = artifact_dir(context)
     try:
         run_parts = build_run(
             run_cfg, device=device, checkpoint_dir=scratch, staging=True,
-            extra_callbacks=[pruner],
+            extra_callbacks=[pruner, MetricsCsvCallback(Path(files) / "metrics.csv")],
             wandb_init={"group": experiment, "id": context.get_trial_id(), "name": context.get_trial_name(),
-                        "dir": wandb_dir(context), "config": {**config, "experiment": experiment},
+                        "dir": files, "config": {**config, "experiment": experiment},
                         "tags": list(tags)},
         )
         start_epoch = 0

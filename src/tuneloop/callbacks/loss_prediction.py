@@ -2,34 +2,10 @@
 
 import math
 
-import numpy as np
-
 from tuneloop.callbacks.base import TrainingCallback
+from tuneloop.curves import fit_exponential  # the seed's fit; importable from here too
 
 MIN_HISTORY = 10  # epochs of history before the first fit
-
-
-def fit_exponential(epochs, losses, at_epoch: float) -> float:
-    """Fit `L(t) = A·exp(K·t)` by log-linear least squares and return L(at_epoch).
-
-    Raises ValueError when a loss is ≤ 0 or non-finite, or the result is not finite.
-    """
-    t = np.asarray(epochs, dtype=float)
-    y = np.asarray(losses, dtype=float)
-    if not np.all(np.isfinite(y)) or np.any(y <= 0):
-        raise ValueError("an exponential fit needs finite positive losses")
-    log_y = np.log(y)
-    dt = t - t.mean()
-    spread = float(dt @ dt)
-    if spread == 0:
-        raise ValueError("an exponential fit needs at least two distinct epochs")
-    k = float(dt @ (log_y - log_y.mean())) / spread  # least squares slope of log L on t
-    log_a = float(log_y.mean()) - k * float(t.mean())
-    with np.errstate(over="ignore"):
-        prediction = float(np.exp(log_a + k * at_epoch))
-    if not math.isfinite(prediction) or prediction <= 0:
-        raise ValueError(f"the fit gave a non-finite prediction {prediction}")
-    return prediction
 
 
 def neg_log10(loss: float) -> float | None:

@@ -12,9 +12,11 @@ from tuneloop.checkpointing import atomic_write_text
 
 class MetricsCsvCallback(TrainingCallback):
     """Keeps every epoch's record (`rows`) and rewrites `path` after each epoch, so a reader
-    never sees a partial file; columns are the union of keys seen so far, in first-seen order."""
+    never sees a partial file; columns are the union of keys seen so far, in first-seen order.
+    The rows are part of checkpoints: a resumed run's file holds every epoch once."""
 
-    priority = 96  # after CheckpointCallback (95): the row describes a fully evaluated epoch
+    priority = 94  # after every producer of the record (<= 90), before CheckpointCallback (95): the
+    # epoch's checkpoint holds its row
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -28,3 +30,9 @@ class MetricsCsvCallback(TrainingCallback):
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(self.path, buffer.getvalue())
+
+    def state_dict(self) -> dict:
+        return {"rows": [dict(row) for row in self.rows]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = [dict(row) for row in state["rows"]]

@@ -1,0 +1,85 @@
+"""One driver per experiment directory: an OS lock on `<experiment dir>/.tuneloop.lock`.
+
+`tuneloop sweep` and `tuneloop resume` hold an exclusive `fcntl.flock` on that file for the whole
+run; a second driver on the same directory is refused before Ray starts (two drivers would
+restore the same trials twice and write the same Tune snapshot and Optuna study). The kernel
+drops the lock when its holder exits, however it exits (SIGKILL included): a crashed driver
+never leaves a stale lock behind, and the lock file itself needs no cleaning up. Ray's processes
+do not inherit the descriptor (Python opens files non-inheritable), so a driver's orphaned Ray
+cannot keep the lock either.
+
+The lock is local to one machine: with `s3://` storage, two drivers on two machines are not
+kept apart (a local directory on each).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from tuneloop.errors import UserError
+
+LOCK_FILE = ".tuneloop.lock"
+
+
+@contextmanager
+def experiment_lock(directory: Path, doing: str) -> Iterator[None]:
+    """Hold the lock of `directory` (created if needed) while the block runs; `doing` ("run",
+    "resumed") is what the message of a refused second driver says this one is doing.
+
+    Raises UserError (exit 2) naming the holder's pid when another process holds it. A block that
+    wrote nothing into `directory` (a sweep refused after Ray connected) leaves nothing behind:
+    the lock file and the directories this call created are removed again.
+    """
+    directory = Path(directory)
+    created = [d for d in (directory, *directory.parents) if not d.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+            pid = holder[0] if holder else "?"
+            what = holder[1] if len(holder) > 1 else "used"
+            raise UserError(f"{directory}: is already being {what} by pid {pid}; wait for it or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {doing}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            if not has_content(directory):  # still ours: no other driver can take it in between
+                (directory / LOCK_FILE).unlink(missing_ok=True)
+                for made in created:  # deepest first
+                    with contextlib.suppress(OSError):
+                        made.rmdir()
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def clear_directory(directory: Path) -> None:
+    """Delete everything in `directory` but its lock file (--overwrite, while holding the lock)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        shutil.rmtree(directory, ignore_errors=True)  # a file or a dangling link
+        return
+    for entry in directory.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def has_content(directory: Path) -> bool:
+    """Whether `directory` exists and holds anything but a lock file."""
+    directory = Path(directory)
+    return directory.is_dir() and any(entry.name != LOCK_FILE for entry in directory.iterdir())
