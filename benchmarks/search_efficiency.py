@@ -13,7 +13,8 @@ local Ray — and `synthetic` (`tuneloop.synthetic`: no training; "retrained" is
 configuration's noise-free final loss, regret is that minus the family's best).
 
 Run: `.venv/bin/python benchmarks/search_efficiency.py --bench all` (about 25 min on 2 cores; `--bench
-synthetic` about 3 min). Writes `benchmarks/results/search_efficiency_<bench>.csv` (the table),
+synthetic` about 3 min). Writes `benchmarks/results/search_efficiency_<bench>.csv` (the table;
+for synthetic `<bench>` is `synthetic_f<fidelity>`),
 `..._<bench>_runs.csv` (one row per sweep) and, for the real benches, the learning curves of the
 fifo sweeps in `curves_<bench>.json` (read by benchmarks/prediction_quality.py).
 """
@@ -53,7 +54,7 @@ def scheduler_settings(bench: str, epochs: int) -> dict[str, dict]:
         "asha": {"grace_period": grace, "reduction_factor": 3},
         "hyperband": {"reduction_factor": 3},
         "median": {"grace_period": grace, "min_samples_required": 3},
-        "pfl": {"k": 2, "n_startup_trials": 3, "n_warmup_epochs": 4, "predictor": "power_law"},
+        "pfl": {"k": 2, "n_startup_trials": 3, "n_warmup_epochs": 4, "predictor": "power_law", "calibrate": True},
     }
 
 
@@ -263,6 +264,7 @@ def cached(bench: str, scheduler: str, kwargs: dict, seed: int, args) -> dict:
 
 def run_bench(bench: str, args) -> None:
     settings = scheduler_settings(bench, args.epochs)
+    name = f"synthetic_f{args.fidelity:g}" if bench == "synthetic" else bench  # the files' names
     for override in args.pfl:  # --pfl key=value
         key, _, value = override.partition("=")
         settings["pfl"][key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
@@ -282,11 +284,11 @@ def run_bench(bench: str, args) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for row in rows:
         row["settings"] = json.dumps(settings[row["scheduler"]], sort_keys=True)
-    write_csv(RESULTS / f"search_efficiency_{bench}.csv", rows)
-    write_csv(RESULTS / f"search_efficiency_{bench}_runs.csv",
+    write_csv(RESULTS / f"search_efficiency_{name}.csv", rows)
+    write_csv(RESULTS / f"search_efficiency_{name}_runs.csv",
               [{k: v for k, v in r.items() if k not in ("trace", "curves", "config")} | {
                   "config": json.dumps(r.get("config", {}), sort_keys=True)} for r in runs])
-    write_csv(RESULTS / f"search_efficiency_{bench}_equal_epochs.csv", pairs)
+    write_csv(RESULTS / f"search_efficiency_{name}_equal_epochs.csv", pairs)
     fifo_curves = [c for r in runs if r["scheduler"] == "fifo" for c in r.get("curves", {}).values()]
     if fifo_curves:
         (RESULTS / f"curves_{bench}.json").write_text(json.dumps(

@@ -97,6 +97,17 @@ def test_the_guard_rejects_an_absurd_extrapolation():
     assert predict_final(range(12), losses, 99, "shifted_exponential") == pytest.approx(np.mean(losses[-3:]))
 
 
+def test_an_early_steep_curve_may_fall_far_below_its_observed_range():
+    """Five epochs of a shifted exponential (2.10 … 1.51) whose epoch-39 value (0.336) lies far
+    below the observed minimum minus the observed range: the exact fit is kept, not replaced by
+    the last losses (which would make pfl stop every trial at its warmup)."""
+    losses = [0.3 + 1.8 * math.exp(-0.1 * e) for e in range(5)]
+    truth = 0.3 + 1.8 * math.exp(-0.1 * 39)
+    assert truth < min(losses) - (max(losses) - min(losses))
+    assert plausible(truth, losses) and not plausible(-0.01, losses) and not plausible(2.8, losses)
+    assert predict_final(range(5), losses, 39, "shifted_exponential") == pytest.approx(truth, rel=1e-6)
+
+
 def test_fallback_skips_non_finite_values():
     assert fallback_loss([1.0, 2.0, math.nan, 3.0, 4.0]) == pytest.approx(3.0)
     assert math.isnan(fallback_loss([math.nan]))

@@ -157,3 +157,6 @@ def test_build_scheduler_gives_pfl_the_epochs(tmp_path):
     use_sweep(tmp_path, None)
     pfl = build_scheduler("pfl", {"predictor": "shifted_exponential"}, metric="val_loss", mode="min", epochs=25)
     assert pfl.max_t == 25 and pfl.predictor == "shifted_exponential"
+    default = build_scheduler("pfl", {}, metric="val_loss", mode="min", epochs=25)
+    # a sweep's default: the most accurate predictor of benchmarks/prediction_quality.py, calibrated
+    assert (default.predictor, default.calibrate) == ("power_law", True)

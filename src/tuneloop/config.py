@@ -598,9 +598,9 @@ def _check_scheduler(cfg: ExperimentConfig) -> None:
     check_kwargs(cls, kwargs, key="sweep.scheduler", path=f"{scheduler.name} scheduler ({cls.__name__})",
                  supplied=reserved, check_required=False, strict=True)
     if scheduler.name == "pfl":
-        from tuneloop.schedulers import PREDICTORS
+        from tuneloop.schedulers import PREDICTORS, SWEEP_PREDICTOR
 
-        if kwargs.get("predictor", PREDICTORS[0]) not in PREDICTORS:
+        if kwargs.get("predictor", SWEEP_PREDICTOR) not in PREDICTORS:
             raise UserError("must name a predictor", key="sweep.scheduler.predictor", value=kwargs["predictor"],
                             choices=PREDICTORS)
         if not isinstance(kwargs.get("k", 1), int) or kwargs.get("k", 1) < 1:

@@ -13,9 +13,9 @@ then refined by `scipy.optimize.minimize_scalar` (bounded, at most `MAX_EVALS` e
 One fit of 40 points costs about a millisecond.
 
 `predict_final(epochs, losses, at_epoch, method)` adds a guard: an ill-behaved curve (non-finite
-values, too short, too noisy, or rising at its end) or an absurd fit (not finite, or far outside
-the observed range) falls back to `fallback_loss` (the mean of the last three losses), which
-also is the `last` method.
+values, too short, too noisy, or rising at its end) or an absurd fit (not finite, negative for
+positive losses, or far above the observed range) falls back to `fallback_loss` (the mean of the
+last three losses), which also is the `last` method.
 """
 
 from __future__ import annotations
@@ -160,14 +160,13 @@ def ill_behaved(losses: Sequence[float]) -> str | None:
 
 
 def plausible(prediction: float, losses: Sequence[float]) -> bool:
-    """A prediction within one observed range below the minimum (≥ 0 for positive losses) and
-    one range above the maximum."""
+    """A prediction no higher than one observed range above the maximum, and not below zero when
+    the losses are positive (otherwise not below the minimum by more than three ranges). Falling
+    far below the observed range is what an early, steep curve does: only the sign bounds it."""
     y = np.asarray(losses, dtype=float)
     span = float(y.max() - y.min())
-    low, high = float(y.min()) - span, float(y.max()) + span
-    if y.min() > 0:
-        low = max(low, 0.0)
-    return math.isfinite(prediction) and low <= prediction <= high
+    low = 0.0 if y.min() > 0 else float(y.min()) - 3.0 * span
+    return math.isfinite(prediction) and low <= prediction <= float(y.max()) + span
 
 
 def predict_final(epochs: Sequence[float], losses: Sequence[float], at_epoch: float,

@@ -9,6 +9,7 @@ built is released (and the CUDA cache emptied) before it returns.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import shutil
 import tempfile
@@ -103,6 +104,8 @@ def train_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ..
     import ray
     from ray import tune
 
+    # Ray logs "Checkpoint successfully created at: ..." on every checkpoint: noise in the sweep's log
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     context = tune.get_context()
     run_cfg = RunConfig.model_validate(apply_params(run, config))
     cpus = context.get_trial_resources().required_resources.get("CPU", 1)
