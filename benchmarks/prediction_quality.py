@@ -11,7 +11,8 @@ the full epochs (a fifo sweep: Optuna's RandomSampler over the search space), tr
 observed val_loss of the last epoch — or the curves of search_efficiency's fifo sweeps
 (`--from-sweeps`: benchmarks/results/curves_<bench>.json); and `synthetic` (tuneloop.synthetic,
 true final = the noise-free loss). Run: `.venv/bin/python benchmarks/prediction_quality.py`
-(about 3 min on 2 cores); writes benchmarks/results/prediction_quality.csv.
+(about 3 min on 2 cores); writes benchmarks/results/prediction_quality.csv
+(`_sweeps.csv` with `--from-sweeps`).
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ def main() -> None:
     print_rows(rows)
     summary(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with (RESULTS / "prediction_quality.csv").open("w", newline="") as handle:
+    name = "prediction_quality_sweeps.csv" if args.from_sweeps else "prediction_quality.csv"
+    with (RESULTS / name).open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows([{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows])

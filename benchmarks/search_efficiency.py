@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO / "tests"))  # conftest.start_ray / stop_ray: a local Ray in its own temp dir
 
-SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pfl")
+SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pfl", "pfl_power_law")  # pfl_*: pfl with other settings
 EXPERIMENTS = {"digits": "digits_mlp.yaml", "diabetes": "diabetes_mlp.yaml"}
 METRIC = {"digits": "val_accuracy", "diabetes": "val_mae", "synthetic": "true_final"}
 
@@ -54,8 +54,15 @@ def scheduler_settings(bench: str, epochs: int) -> dict[str, dict]:
         "asha": {"grace_period": grace, "reduction_factor": 3},
         "hyperband": {"reduction_factor": 3},
         "median": {"grace_period": grace, "min_samples_required": 3},
-        "pfl": {"k": 2, "n_startup_trials": 3, "n_warmup_epochs": 4, "predictor": "power_law", "calibrate": True},
+        "pfl": {"k": 2, "n_startup_trials": 3, "n_warmup_epochs": 4},  # predictor, calibrate: a sweep's defaults
+        "pfl_power_law": {"k": 2, "n_startup_trials": 3, "n_warmup_epochs": 4, "predictor": "power_law",
+                          "calibrate": True},
     }
+
+
+def base(label: str) -> str:
+    """The scheduler a row label runs (`pfl_power_law` is pfl with other settings)."""
+    return "pfl" if label.startswith("pfl_") else label
 
 
 # ---------------------------------------------------------------- real sweeps (digits, diabetes)
@@ -63,7 +70,7 @@ def scheduler_settings(bench: str, epochs: int) -> dict[str, dict]:
 def experiment(bench: str, scheduler: str, kwargs: dict, seed: int, args, storage: str):
     from tuneloop.config import load_experiment
 
-    spec = json.dumps({"name": scheduler, **kwargs})
+    spec = json.dumps({"name": base(scheduler), **kwargs})
     overrides = [f"sweep.num_samples={args.samples}", f"run.epochs={args.epochs}",
                  f"sweep.scheduler={spec}", f"sweep.sampler={{name: TPESampler, seed: {seed}}}",
                  "sweep.max_concurrent_trials=2", f"sweep.storage_path={storage}",
@@ -164,7 +171,7 @@ def run_synth(scheduler: str, kwargs: dict, seed: int, args) -> dict:
     from tuneloop.synthetic import run_synthetic_sweep
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        out = run_synthetic_sweep(scheduler, kwargs, num_samples=args.samples, epochs=args.epochs,
+        out = run_synthetic_sweep(base(scheduler), kwargs, num_samples=args.samples, epochs=args.epochs,
                                   fidelity=args.fidelity, noise=args.noise, seed=seed, concurrency=1)
     trace = [(spent, out.optimum + regret) for spent, regret in out.trace]  # true finals of the picks
     return {"bench": "synthetic", "scheduler": scheduler, "seed": seed, "best_val_loss": out.best_observed,
@@ -218,10 +225,10 @@ def print_table(bench: str, rows: list[dict], pairs: list[dict], args) -> None:
     retrained = "true final" if bench == "synthetic" else "retrained"
     print(f"\n{bench}: {args.samples} configs x {args.epochs} epochs, seeds {args.seeds}"
           + (f", fidelity {args.fidelity}, noise {args.noise}" if bench == "synthetic" else ""))
-    print(f"{'scheduler':<10} {'best val_loss':>17} {retrained:>17} {metric:>15} {'epochs':>12} {'wall s':>11}"
+    print(f"{'scheduler':<14} {'best val_loss':>17} {retrained:>17} {metric:>15} {'epochs':>12} {'wall s':>11}"
           f" {'best/fifo':>9} {'ep/fifo':>7} {'wall/fifo':>9}")
     for r in rows:
-        print(f"{r['scheduler']:<10} {r['best_val_loss']:>9.4f} ±{r['best_val_loss_std']:<6.4f} "
+        print(f"{r['scheduler']:<14} {r['best_val_loss']:>9.4f} ±{r['best_val_loss_std']:<6.4f} "
               f"{r['retrained_val_loss']:>9.4f} ±{r['retrained_val_loss_std']:<6.4f} "
               f"{r['retrained_metric']:>7.4f} ±{r['retrained_metric_std']:<6.4f} "
               f"{r['epochs']:>6.0f} ±{r['epochs_std']:<4.0f} {r['wall_s']:>6.1f} ±{r['wall_s_std']:<3.1f}"
@@ -247,11 +254,11 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 def cached(bench: str, scheduler: str, kwargs: dict, seed: int, args) -> dict:
     """One sweep, or its result from `--cache` when the same sweep (same settings) ran before."""
     extra = {"fidelity": args.fidelity, "noise": args.noise} if bench == "synthetic" else {}
-    key = json.dumps([bench, scheduler, kwargs, seed, args.samples, args.epochs, extra], sort_keys=True)
-    path = Path(args.cache) / f"{bench}_{scheduler}_{seed}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json" \
+    key = json.dumps([bench, base(scheduler), kwargs, seed, args.samples, args.epochs, extra], sort_keys=True)
+    path = Path(args.cache) / f"{bench}_{base(scheduler)}_{seed}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json" \
         if args.cache else None
     if path is not None and path.is_file():
-        return json.loads(path.read_text())
+        return {**json.loads(path.read_text()), "scheduler": scheduler}
     if bench == "synthetic":
         run = run_synth(scheduler, kwargs, seed, args)
     else:

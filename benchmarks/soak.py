@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import json
 import os
 import shutil
@@ -78,6 +79,7 @@ class Sampler(threading.Thread):
         self.started = time.monotonic()
         self.trace_at: int | None = None  # with --tracemalloc: take a snapshot once this many trials started
         self.snapshot = None
+        self.malloc_trim = False
 
     def sample(self) -> None:
         trials = len(list(self.directory.glob("trial_*"))) if self.directory.is_dir() else 0
@@ -86,6 +88,8 @@ class Sampler(threading.Thread):
 
             self.snapshot = tracemalloc.take_snapshot()
         size = dir_size(self.directory) if self.directory.is_dir() else 0
+        if self.malloc_trim:  # glibc: hand freed heap pages back, so RSS shows what is still held
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
         self.samples.append((time.monotonic() - self.started, self.process.memory_info().rss, trials, size))
 
     def run(self) -> None:
@@ -101,6 +105,8 @@ def main() -> int:
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--period", type=float, default=3.0, help="seconds between RSS samples")
     parser.add_argument("--keep", action="store_true", help="keep the experiment directory (printed)")
+    parser.add_argument("--malloc-trim", action="store_true",
+                        help="call glibc's malloc_trim before each RSS sample (growth that is only fragmentation goes)")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="print the driver's Python allocations that grew from 25%% of the trials to the end")
     args = parser.parse_args()
@@ -119,6 +125,7 @@ def main() -> int:
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, _temp_dir=ray_tmp,
              log_to_driver=False, configure_logging=True, logging_level="WARNING")
     sampler = Sampler(directory, args.period)
+    sampler.malloc_trim = args.malloc_trim
     if args.tracemalloc:
         import tracemalloc
 

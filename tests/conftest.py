@@ -8,6 +8,8 @@
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -104,3 +106,23 @@ def ray_cluster(monkeypatch):
         if cluster is not None:
             cluster.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def leftover_ray_processes(ray_tmp: str) -> list[int]:
+    """Pids of the processes whose command line names `ray_tmp` (the Ray a test started there)."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if ray_tmp in line]
+
+
+@pytest.fixture
+def ray_tmp():
+    """A short temp dir for the Ray of `tuneloop` subprocesses (RAY_TMPDIR); what is left of that
+    Ray afterwards (and only that) is killed by pid."""
+    path = tempfile.mkdtemp(prefix="tlr-", dir="/tmp")
+    yield path
+    for pid in leftover_ray_processes(path):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(path, ignore_errors=True)

@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from tuneloop import cli
 from tuneloop.checkpointing import load_state

@@ -19,7 +19,8 @@ import optuna
 import pytest
 import yaml
 
-from test_resume import epochs_logged, launch, leftover_ray_processes, ray_tmp  # noqa: F401  (fixture)
+from conftest import leftover_ray_processes
+from test_resume import epochs_logged, launch
 from test_sweep import probe_experiment
 
 
@@ -41,7 +42,7 @@ def tune_rows(directory: Path) -> dict[str, list[dict]]:
             for p in directory.glob("trial_*/result.json")}
 
 
-def test_two_sweeps_at_once_do_not_interfere(tmp_path, ray_tmp):  # noqa: F811
+def test_two_sweeps_at_once_do_not_interfere(tmp_path, ray_tmp):
     """Same study name ("probe"), different directories, disjoint lr ranges, 3 and 4 trials, run
     at the same time: each study and each Tune experiment has exactly its own trials."""
     specs = {"a": (1e-3, 1e-2, 3), "b": (2e-2, 1e-1, 4)}
@@ -99,7 +100,7 @@ def refused(command: list[str], cwd: Path) -> tuple[str, list[str]]:
         shutil.rmtree(own_tmp, ignore_errors=True)
 
 
-def test_a_second_driver_on_the_same_directory_is_refused(tmp_path, ray_tmp):  # noqa: F811
+def test_a_second_driver_on_the_same_directory_is_refused(tmp_path, ray_tmp):
     """While `tuneloop sweep` runs (its trial held at a gate), `tuneloop resume` and `tuneloop sweep
     --overwrite` on its directory exit 2 naming its pid, before their Ray starts. The sweep is then
     SIGKILLed: its lock goes with it, a resume takes over, and a second resume is refused while the

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 
-from test_resume import epochs_logged, launch, leftover_ray_processes, ray_tmp  # noqa: F401  (fixture)
+from conftest import leftover_ray_processes
+from test_resume import epochs_logged, interruptible_experiment, launch
 from test_sweep import probe_experiment, run_sweep, study_of, trial_rows
 
 State = optuna.trial.TrialState
@@ -52,22 +52,13 @@ def by_config(directory: Path, key: str) -> dict:
     return out
 
 
-def test_the_driver_killed_three_times_resumes_to_the_end(tmp_path, ray_tmp):  # noqa: F811
+def test_the_driver_killed_three_times_resumes_to_the_end(tmp_path, ray_tmp):
     """`tuneloop sweep`, then SIGKILL of the driver at three random points (seeded: the same points
     every run) with `tuneloop resume` in between, then a last resume: every trial's epochs once and
     in order, the Optuna study holds exactly the sweep's trials (none RUNNING, no config twice, each
     matching one Tune trial's history), and at most one checkpoint interval retrained per kill."""
     trials, epochs = 4, 6
-    log = tmp_path / "epochs.jsonl"
-    experiment = probe_experiment(tmp_path, epochs=epochs, num_samples=trials, max_concurrent_trials=2,
-                                  scheduler={"name": "asha", "grace_period": 2, "reduction_factor": 2},
-                                  sampler={"name": "TPESampler", "seed": 0})
-    experiment["run"]["net_config"]["delay"] = 0.01
-    experiment["run"]["checkpoint_config"]["save_every_n_epochs"] = 1
-    experiment["run"]["callbacks"] = [{"class": "tl_testing.EpochLog", "path": str(log)}]
-    path = tmp_path / "experiment.yaml"
-    path.write_text(yaml.safe_dump(experiment))
-    directory = tmp_path / "results" / "probe"
+    path, directory, log = interruptible_experiment(tmp_path, trials, epochs)
     rng = random.Random(2026)
     kills = 3
 

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import optuna
-import pytest
 
 from test_sweep import probe_experiment
 

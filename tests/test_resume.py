@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import optuna
 import pytest
 import yaml
 
+from conftest import leftover_ray_processes
 from test_sweep import probe_experiment
 
 TRIALS, EPOCHS = 6, 8
@@ -49,35 +49,17 @@ def interrupt_after(command: list[str], log: Path, epochs: int, ray_tmp: str, cw
     return output
 
 
-def leftover_ray_processes(ray_tmp: str) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if ray_tmp in line]
-
-
-@pytest.fixture
-def ray_tmp():
-    path = tempfile.mkdtemp(prefix="tlr-", dir="/tmp")
-    yield path
-    for pid in leftover_ray_processes(path):  # only what this test's Ray started
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def damage_searcher_state(directory: Path) -> None:
     """What a driver killed while Tune copies its snapshot to the storage leaves: a truncated file."""
     state = sorted(directory.glob("searcher-state-*.pkl"))[-1]
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 3])
 
 
-@pytest.mark.parametrize("signals, damage", [([signal.SIGINT], False), ([signal.SIGKILL], False),
-                                             ([signal.SIGINT, signal.SIGKILL], True)],
-                         ids=["sigint", "sigkill", "sigint-then-sigkill-with-damaged-state"])
-def test_interrupted_sweep_resumes_without_loss(tmp_path, ray_tmp, signals, damage):
+def interruptible_experiment(tmp_path: Path, trials: int, epochs: int) -> tuple[Path, Path, Path]:
+    """An ASHA sweep slowed down enough to be interrupted mid-epoch, a checkpoint every epoch and
+    every trained epoch logged: (experiment file, experiment directory, epoch log)."""
     log = tmp_path / "epochs.jsonl"
-    experiment = probe_experiment(tmp_path, epochs=EPOCHS, num_samples=TRIALS, max_concurrent_trials=2,
+    experiment = probe_experiment(tmp_path, epochs=epochs, num_samples=trials, max_concurrent_trials=2,
                                   scheduler={"name": "asha", "grace_period": 2, "reduction_factor": 2},
                                   sampler={"name": "TPESampler", "seed": 0})
     experiment["run"]["net_config"]["delay"] = 0.01
@@ -85,7 +67,14 @@ def test_interrupted_sweep_resumes_without_loss(tmp_path, ray_tmp, signals, dama
     experiment["run"]["callbacks"] = [{"class": "tl_testing.EpochLog", "path": str(log)}]
     path = tmp_path / "experiment.yaml"
     path.write_text(yaml.safe_dump(experiment))
-    directory = tmp_path / "results" / "probe"
+    return path, tmp_path / "results" / "probe", log
+
+
+@pytest.mark.parametrize("signals, damage", [([signal.SIGINT], False), ([signal.SIGKILL], False),
+                                             ([signal.SIGINT, signal.SIGKILL], True)],
+                         ids=["sigint", "sigkill", "sigint-then-sigkill-with-damaged-state"])
+def test_interrupted_sweep_resumes_without_loss(tmp_path, ray_tmp, signals, damage):
+    path, directory, log = interruptible_experiment(tmp_path, TRIALS, EPOCHS)
     rng = random.Random(len(signals))
 
     commands = [["sweep", str(path), "--quiet"]] + [["resume", str(directory)]] * len(signals)

@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_resume import leftover_ray_processes, ray_tmp  # noqa: F401  (fixture)
 from test_sweep import probe_experiment
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tuneloop"
@@ -137,7 +136,7 @@ SECRETS = {
 }
 
 
-def test_credentials_in_the_environment_are_never_written(tmp_path, ray_tmp):  # noqa: F811
+def test_credentials_in_the_environment_are_never_written(tmp_path, ray_tmp):
     experiment = probe_experiment(tmp_path, epochs=2, num_samples=2, max_failures=1)
     experiment["run"]["wandb_config"] = {"enabled": True, "project": "tuneloop-tests", "mode": "offline"}
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(experiment))

@@ -159,4 +159,4 @@ def test_build_scheduler_gives_pfl_the_epochs(tmp_path):
     assert pfl.max_t == 25 and pfl.predictor == "shifted_exponential"
     default = build_scheduler("pfl", {}, metric="val_loss", mode="min", epochs=25)
     # a sweep's default: the most accurate predictor of benchmarks/prediction_quality.py, calibrated
-    assert (default.predictor, default.calibrate) == ("power_law", True)
+    assert (default.predictor, default.calibrate) == ("shifted_exponential", True)

@@ -18,7 +18,7 @@ import optuna
 import pytest
 import yaml
 
-from test_resume import interrupt_after, launch, ray_tmp  # noqa: F401  (ray_tmp is a fixture)
+from test_resume import interrupt_after, launch
 from test_sweep import probe_experiment
 
 BUCKET = "tuneloop-sweeps"

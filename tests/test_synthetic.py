@@ -57,7 +57,7 @@ def test_scheduler_behaviour_is_measured_deterministically(ray_local):
     epochs and picks the same configurations in the same order; ASHA and pfl spend well under
     fifo's epochs and pick a configuration as good as fifo's."""
     asha = {"grace_period": 2, "reduction_factor": 3}
-    pfl = {"k": 2, "n_startup_trials": 3, "n_warmup_epochs": 4, "predictor": "power_law"}
+    pfl = {"k": 2, "n_startup_trials": 3, "n_warmup_epochs": 4}  # a sweep's default predictor, calibrated
     common = dict(num_samples=12, epochs=EPOCHS, fidelity=0.5, noise=0.02, seed=0)
     fifo = run_synthetic_sweep("fifo", **common)
     runs = [run_synthetic_sweep("asha", asha, **common) for _ in range(2)]

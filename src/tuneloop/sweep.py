@@ -87,6 +87,7 @@ def build_tuner(cfg: ExperimentConfig):
     import optuna
     from ray import tune
 
+    from tuneloop.driver_memory import TrimHeap
     from tuneloop.experiment_state import StateBackup, TrialEnds
     from tuneloop.retention import KeepCheckpoints
     from tuneloop.schedulers import build_scheduler
@@ -115,7 +116,7 @@ def build_tuner(cfg: ExperimentConfig):
                                         sampler=sampler, study_name=run.name, study_url=sweep.optuna_storage)
         mutations = None
     ck = run.checkpoint_config
-    callbacks += [KeepCheckpoints(ck.keep_last_k, ck.monitor, ck.mode), StateBackup(), TrialEnds(),
+    callbacks += [KeepCheckpoints(ck.keep_last_k, ck.monitor, ck.mode), StateBackup(), TrialEnds(), TrimHeap(),
                   SweepProgress(run.name, sweep.scheduler.name, sweep.metric, sweep.mode, sweep.num_samples,
                                 run.epochs, list(sweep.search_space))]
     scheduler = build_scheduler(sweep.scheduler.name, scheduler_kwargs, metric=sweep.metric,

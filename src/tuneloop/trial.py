@@ -59,7 +59,7 @@ def apply_hyperparameters(trainer, optimizer_config: dict) -> None:
 
 
 def artifact_dir(context) -> str:
-    """Where the trial's own files (W&B run, metrics.csv) go: its directory in the storage when
+    """Where the trial's own files (W&B run, metrics.csv) go, created if needed: its directory in the storage when
     that is local (Ray only syncs the working directory at checkpoints, and the run's last records
     come after the last report), else the working directory, which Ray syncs to the storage
     (`sync_artifacts`)."""
@@ -68,6 +68,9 @@ def artifact_dir(context) -> str:
 
     storage = get_storage()
     if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+        # Tune creates it with the trial's first synced file: later than our first epoch when its
+        # snapshots are rare (TUNE_GLOBAL_CHECKPOINT_S), so it may not exist yet
+        Path(storage.trial_fs_path).mkdir(parents=True, exist_ok=True)
         return storage.trial_fs_path
     return context.get_trial_dir()
 
