@@ -15,14 +15,16 @@ import pytest
 import yaml
 
 from conftest import start_ray, stop_ray
+from test_resume import epochs_logged
 from test_sweep import probe_experiment
 from tuneloop import cli
 
 
 def wait_for_lines(path: Path, count: int, timeout_s: float = 120) -> bool:
+    """Whether `path` holds `count` lines within `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if path.exists() and len(path.read_text().splitlines()) >= count:
+        if epochs_logged(path) >= count:
             return True
         time.sleep(0.05)
     return False

@@ -64,8 +64,8 @@ def _power_law(t, a, b, c):
 
 # model, rate grid (the rate stays within it), time axis from the 0-based epoch
 _THREE_PARAMETER = {
-    "shifted_exponential": (_shifted_exponential, np.geomspace(1e-3, 3.0, 64), None, lambda e: e),
-    "power_law": (_power_law, np.geomspace(1e-2, 8.0, 64), None, lambda e: e + 1.0),
+    "shifted_exponential": (_shifted_exponential, np.geomspace(1e-3, 3.0, 64), lambda e: e),
+    "power_law": (_power_law, np.geomspace(1e-2, 8.0, 64), lambda e: e + 1.0),
 }
 
 
@@ -84,7 +84,7 @@ def _fit_three(method: str, epochs, losses, at_epoch: float) -> float:
     """Variable projection: the rate on a log grid, then refined between its grid neighbours by
     `scipy.optimize.minimize_scalar` (bounded, at most MAX_EVALS evaluations); a and c are the
     linear least-squares solution for each rate."""
-    model, grid, _, axis = _THREE_PARAMETER[method]
+    model, grid, axis = _THREE_PARAMETER[method]
     t = axis(np.asarray(epochs, dtype=float))
     y = np.asarray(losses, dtype=float)
     if len(y) < 3 or not np.all(np.isfinite(y)):

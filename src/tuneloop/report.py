@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from tuneloop.errors import UserError
+from tuneloop.search_space import short_value
 
 STATES = ("complete", "pruned", "failed", "running")
 BOUNDARY = 0.05  # a best value within 5% of a bound (of the range, log scale for log parameters)
@@ -203,11 +204,11 @@ def report(directory: Path, *, top_k: int = 5, as_json: bool = False) -> int:
     best = facts["best"]
     if best:
         print(f"best: trial #{best['number']} {facts['metric']}={best['value']:.6g} "
-              + " ".join(f"{k}={_short(v)}" for k, v in best["params"].items()))
+              + " ".join(f"{k}={short_value(v)}" for k, v in best["params"].items()))
         print(f"top {len(facts['top_k'])} by {facts['metric']} ({facts['mode']}):")
         for trial in facts["top_k"]:
             print(f"  #{trial['number']:<4} {trial['value']:.6g}  "
-                  + " ".join(f"{k}={_short(v)}" for k, v in trial["params"].items()))
+                  + " ".join(f"{k}={short_value(v)}" for k, v in trial["params"].items()))
     else:
         print("no trial completed yet")
     if facts["importance"]:
@@ -218,7 +219,3 @@ def report(directory: Path, *, top_k: int = 5, as_json: bool = False) -> int:
         print(f"warning: {warning}")
     print(f"plots: {directory / 'report'}/ ({len(facts['plots'])} PNG files)")
     return 0
-
-
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -93,31 +93,36 @@ class PredictedFinalLossScheduler(FIFOScheduler):
             return None
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        """Record the epoch's loss; STOP once the predicted final loss is worse than the threshold."""
+        """Record the epoch's loss; STOP once the predicted final loss is worse than the threshold.
+        The state is written once per result that changed it."""
         if trial.trial_id in self.stopped:  # stopped before a driver crash, resumed by the restore
             return TrialScheduler.STOP
-        if self.predictor != "reported":
-            self._record(trial.trial_id, result)
+        recorded = self.predictor != "reported" and self._record(trial.trial_id, result)
+        decision, changed = self._decide(trial.trial_id, result)
+        if recorded or changed:
+            self._save()
+        return decision
+
+    def _decide(self, trial_id: str, result: dict) -> tuple[str, bool]:
+        """(the decision on this result, whether the state changed beyond the recorded loss)."""
         if result.get(TIME_ATTR, 0) < self.n_warmup_epochs or result.get("trial_done"):
-            return TrialScheduler.CONTINUE  # its own last epoch: the final itself, nothing to predict
+            return TrialScheduler.CONTINUE, False  # its own last epoch: the final itself, nothing to predict
         threshold = self.threshold()
         if threshold is None and not self.calibrate:
-            return TrialScheduler.CONTINUE
-        predicted = self.predict(trial.trial_id, result)
+            return TrialScheduler.CONTINUE, False
+        predicted = self.predict(trial_id, result)
         if not _finite(predicted):
-            return TrialScheduler.CONTINUE
+            return TrialScheduler.CONTINUE, False
         if self.calibrate:  # the completed trials' predictions at this epoch calibrate later ones
             epoch = _epoch(result)
-            self.raw.setdefault(trial.trial_id, {})[epoch] = float(predicted)
-            self._save()
+            self.raw.setdefault(trial_id, {})[epoch] = float(predicted)
             predicted = self.calibrated(float(predicted), epoch)
         if threshold is not None and predicted > threshold:
-            self.stopped.append(trial.trial_id)
-            self.history.pop(trial.trial_id, None)
-            self.raw.pop(trial.trial_id, None)
-            self._save()
-            return TrialScheduler.STOP
-        return TrialScheduler.CONTINUE
+            self.stopped.append(trial_id)
+            self.history.pop(trial_id, None)
+            self.raw.pop(trial_id, None)
+            return TrialScheduler.STOP, True
+        return TrialScheduler.CONTINUE, self.calibrate
 
     def calibrated(self, predicted: float, epoch: int) -> float:
         """`predicted` corrected by the completed trials' final / prediction at `epoch` (median)."""
@@ -142,11 +147,13 @@ class PredictedFinalLossScheduler(FIFOScheduler):
         return (f"Using PredictedFinalLoss ({self.predictor}): {len(self.finals)} finals, threshold "
                 f"{self.threshold()}, {len(self.stopped)} stopped")
 
-    def _record(self, trial_id: str, result: dict) -> None:
+    def _record(self, trial_id: str, result: dict) -> bool:
+        """Keep the result's loss in the trial's history (a re-run epoch overwrites); whether it had one."""
         value = result.get(self.final)
-        if isinstance(value, (int, float)):
-            self.history.setdefault(trial_id, {})[_epoch(result)] = float(value)  # a re-run epoch overwrites
-            self._save()
+        if not isinstance(value, (int, float)):
+            return False
+        self.history.setdefault(trial_id, {})[_epoch(result)] = float(value)
+        return True
 
     def _save(self) -> None:
         if self.state_path:

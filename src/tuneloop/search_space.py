@@ -59,3 +59,8 @@ def apply_params(run: dict, params: dict[str, Any]) -> dict:
             node = node.setdefault(part, {})
         node[last] = value
     return run
+
+
+def short_value(value) -> str:
+    """A parameter value as tables show it: floats to 4 significant digits, the rest as is."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -27,16 +27,15 @@ FIELDS = ("seed", "final_val_loss", "best_val_loss", "best_epoch", "epochs_train
 
 def train_seed(cfg_json: dict, *, file: str, run_dir: str, device: str | None) -> dict:
     """One seed's run inside its Ray task: on the task's GPU when Ray gave it one."""
-    import ray
     import torch
 
     from tuneloop import run
+    from tuneloop.trial import trial_device
 
     cfg = ExperimentConfig.model_validate(cfg_json)
     cpus = max(1, int(cfg.sweep.resources_per_trial.cpu))
     torch.set_num_threads(cpus)
-    if device is None:
-        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    device = device or str(trial_device())
     started = time.time()
     result = run.train(cfg, file=file, run_dir=Path(run_dir), device=device, progress=False,
                        wandb_group=Path(run_dir).parent.name)

@@ -25,7 +25,7 @@ from tuneloop.config import ExperimentConfig, dump_yaml, load_experiment
 from tuneloop.credentials import keep_credentials_out_of_ray
 from tuneloop.errors import UserError, Verbatim
 from tuneloop.locking import clear_directory, experiment_lock, has_content
-from tuneloop.search_space import apply_params
+from tuneloop.search_space import apply_params, short_value
 from tuneloop.storage import DRIVER_FILES, STUDY_FILE, Storage, is_remote, tune_storage, use_sweep
 
 DONE_FILE = "sweep_done"  # written once every trial of the sweep has ended
@@ -249,7 +249,7 @@ def print_table(cfg: ExperimentConfig, rows: list[TrialRow], best: TrialRow | No
     print(header)
     order = sorted(rows, key=lambda r: r.trial_id)
     for r in order:
-        config = " ".join(f"{k}={_short(r.config.get(k))}" for k in keys)
+        config = " ".join(f"{k}={short_value(r.config.get(k))}" for k in keys)
         print(f"{r.trial_id:<12} {r.state:<9} {r.epochs:>6} {r.best_val_loss:>13.6g} {r.last_metric:>13.6g}  {config}")
     counts = {s: sum(r.state == s for r in rows) for s in ("complete", "pruned", "failed", "running")}
     if not counts["running"]:
@@ -257,17 +257,21 @@ def print_table(cfg: ExperimentConfig, rows: list[TrialRow], best: TrialRow | No
     print(f"{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if best is not None:
         print(f"best: trial {best.trial_id} {cfg.sweep.metric}={best.last_metric:.6g} "
-              + " ".join(f"{k}={_short(best.config.get(k))}" for k in keys))
+              + " ".join(f"{k}={short_value(best.config.get(k))}" for k in keys))
 
 
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def ray_address(address: str | None) -> str:
+    """What to `ray.init`: --address, else RAY_ADDRESS (which `ray job submit` sets), else "local":
+    our own embedded Ray (Ray would otherwise join whatever cluster was last started here)."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
 
 
 def ensure_ray(address: str | None, *, worker_logs: bool = True) -> bool:
     """Connect to `address` (or start an embedded local Ray); True when this call started Ray.
     `worker_logs`: forward the trials' output to the driver's (not under a live table)."""
     import ray
+
+    from tuneloop.trial import THREAD_TIMEOUT_S
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # see build_tuner's loggers
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no boxes (SweepProgress reports)
@@ -278,14 +282,11 @@ def ensure_ray(address: str | None, *, worker_logs: bool = True) -> bool:
     # A stopped trial's thread still finishes its W&B run (flushing the offline files) after the
     # scheduler's STOP; before reusing its actor for the next trial Ray waits 2 s, then abandons
     # the actor, killing wandb mid-write (a stopped actor: see trial.trainable_class).
-    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(THREAD_TIMEOUT_S))
     keep_credentials_out_of_ray()  # Ray Tune would log the driver's AWS keys (tuneloop.credentials)
     if ray.is_initialized():
         return False
-    # Without --address (or RAY_ADDRESS, which `ray job submit` sets) start our own local Ray:
-    # Ray would otherwise join whatever cluster was last started on this machine.
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, include_dashboard=False, log_to_driver=worker_logs,
+    ray.init(address=ray_address(address), include_dashboard=False, log_to_driver=worker_logs,
              configure_logging=True, logging_level="WARNING")
     return True
 
@@ -394,7 +395,7 @@ def check_study(cfg: ExperimentConfig, *, file: str | None, overwrite: bool) -> 
 
 def local_ray(address: str | None) -> bool:
     """Whether this sweep starts its own embedded local Ray (no --address, no RAY_ADDRESS, no Ray yet)."""
-    if (address or os.environ.get("RAY_ADDRESS") or "local") != "local":
+    if ray_address(address) != "local":
         return False
     import ray
 

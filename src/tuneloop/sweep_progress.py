@@ -20,6 +20,8 @@ import time
 
 from ray.tune import Callback
 
+from tuneloop.search_space import short_value
+
 TTY_EVERY_S = 1.0  # redraw period on a terminal
 LOG_EVERY_S = 30.0  # at most one block per this period into a log
 ENDED = ("TERMINATED", "ERROR")
@@ -144,7 +146,7 @@ class SweepProgress(Callback):
             for t in sorted(running, key=lambda t: t.trial_id):
                 result = t.last_result or {}
                 epoch = f"{result.get('training_iteration', 0)}/{self.epochs}"
-                config = " ".join(f"{_short(t.config.get(k)):<{max(len(k), 10)}}" for k in self.keys)
+                config = " ".join(f"{short_value(t.config.get(k)):<{max(len(k), 10)}}" for k in self.keys)
                 lines.append(f"trial_{t.trial_id:<10} {t.status.lower():<8} {epoch:>7} "
                              f"{_num(result.get('val_loss')):>10} {_num(result.get('predicted_final_loss')):>10}  "
                              f"{config}".rstrip())
@@ -171,7 +173,3 @@ def _state(trial) -> str:
 
 def _num(value) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) and value is not None else "-"
-
-
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

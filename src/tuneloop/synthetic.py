@@ -87,8 +87,10 @@ def observed_curve(x1: float, x2: float, epochs: int, fidelity: float, noise: fl
     return true_curve(x1, x2, epochs, fidelity) * (1.0 + noise * rng.standard_normal(epochs))
 
 
-def synthetic_trial(config: dict, *, epochs: int, fidelity: float, noise: float, seed: int) -> None:
-    """Report the configuration's observed curve, one row per epoch (continues from a checkpoint)."""
+def synthetic_trial(config: dict, *, epochs: int, fidelity: float, noise: float, seed: int,
+                    checkpoints: bool = False) -> None:
+    """Report the configuration's observed curve, one row per epoch (continues from a checkpoint;
+    `checkpoints`: one per epoch, which a pausing scheduler needs)."""
     from ray import tune
 
     from tuneloop.callbacks.loss_prediction import LossPredictionCallback
@@ -112,7 +114,7 @@ def synthetic_trial(config: dict, *, epochs: int, fidelity: float, noise: float,
                "done_reason": "complete" if done else "", "predicted_final_loss": (
                    10 ** -carrier._loss_prediction if carrier._loss_prediction is not None else None)}
         checkpoint_out = None
-        if os.environ.get("TUNELOOP_SYNTHETIC_CHECKPOINTS") == "1":
+        if checkpoints:
             scratch = tempfile.mkdtemp(prefix="tlsyn-")
             Path(scratch, "epoch.json").write_text(json.dumps({"next": epoch + 1}))
             checkpoint_out = tune.Checkpoint.from_directory(scratch)
@@ -177,8 +179,6 @@ def run_synthetic_sweep(scheduler: str, scheduler_kwargs: dict | None = None, *,
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "60")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directory = Path(tempfile.mkdtemp(prefix=f"tlsyn-{scheduler}-"))
-    previous = os.environ.get("TUNELOOP_SYNTHETIC_CHECKPOINTS")
-    os.environ["TUNELOOP_SYNTHETIC_CHECKPOINTS"] = "1" if scheduler == "hyperband" else "0"
     try:
         use_sweep(directory, None)  # the stateful schedulers keep their state files here
         space = {name: optuna.distributions.FloatDistribution(0.0, 1.0) for name in ("x1", "x2")}
@@ -188,7 +188,8 @@ def run_synthetic_sweep(scheduler: str, scheduler_kwargs: dict | None = None, *,
                                         study_name="synthetic", study_url=f"sqlite:///{directory}/optuna.db")
         recorder = SyntheticRecorder()
         trainable = tune.with_resources(tune.with_parameters(synthetic_trial, epochs=epochs, fidelity=fidelity,
-                                                             noise=noise, seed=seed), {"cpu": 1})
+                                                             noise=noise, seed=seed,
+                                                             checkpoints=scheduler == "hyperband"), {"cpu": 1})
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=num_samples, reuse_actors=True,
@@ -205,10 +206,6 @@ def run_synthetic_sweep(scheduler: str, scheduler_kwargs: dict | None = None, *,
         if grid.errors:
             raise RuntimeError(f"synthetic trials failed: {grid.errors[0]}")
     finally:
-        if previous is None:
-            os.environ.pop("TUNELOOP_SYNTHETIC_CHECKPOINTS", None)
-        else:
-            os.environ["TUNELOOP_SYNTHETIC_CHECKPOINTS"] = previous
         shutil.rmtree(directory, ignore_errors=True)
     return summarize_events(recorder.events, scheduler=scheduler, seed=seed, num_samples=num_samples,
                             optimum=best_final(epochs, fidelity), wall_s=wall)

@@ -59,10 +59,10 @@ def apply_hyperparameters(trainer, optimizer_config: dict) -> None:
 
 
 def artifact_dir(context) -> str:
-    """Where the trial's own files (W&B run, metrics.csv) go, created if needed: its directory in the storage when
-    that is local (Ray only syncs the working directory at checkpoints, and the run's last records
-    come after the last report), else the working directory, which Ray syncs to the storage
-    (`sync_artifacts`)."""
+    """Where the trial's own files (W&B run, metrics.csv) go, created if needed: its directory in
+    the storage when that is local (Ray only syncs the working directory at checkpoints, and the
+    run's last records come after the last report), else the working directory, which Ray syncs
+    to the storage (`sync_artifacts`)."""
     import pyarrow.fs
     from ray.train._internal.session import get_storage
 
