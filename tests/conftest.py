@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,15 @@ def leftover_ray_processes(ray_tmp: str) -> list[int]:
     """Pids of the processes whose command line names `ray_tmp` (the Ray a test started there)."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     return [int(line.split()[0]) for line in out.splitlines() if ray_tmp in line]
+
+
+def ray_processes_after(ray_tmp: str, timeout: float = 30.0) -> list[int]:
+    """The Ray processes of `ray_tmp` still alive `timeout` s after its driver was killed (none,
+    normally): each exits once it notices its raylet is gone, sooner or later on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while (left := leftover_ray_processes(ray_tmp)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
 
 
 @pytest.fixture

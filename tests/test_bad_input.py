@@ -1,4 +1,4 @@
-"""Bad input, table-driven (SPEC §6): every mistake in an experiment file or a flag, through the
+"""Bad input, table-driven: every mistake in an experiment file or a flag, through the
 `tuneloop` command, gets exit status 2 and one line naming the file, the key path, the rule, the
 value found and (where the set is finite) the valid choices; no traceback; Ray not started; nothing
 written (the working directory, where the experiment's storage would be, is byte-identical).
@@ -225,7 +225,14 @@ CASES = [
     Case("s3_endpoint_with_local_storage", sweep_(s3_endpoint="http://127.0.0.1:9000"), "sweep.s3_endpoint",
          "is only used with an s3:// storage_path", "'http://127.0.0.1:9000'", ("'null'",)),
     Case("storage_path_not_writable", sweep_(storage_path="blocker/results"), "sweep.storage_path",
-         "must be a directory this user can write", "'blocker/results'", commands=SWEEP, setup=blocked_storage),
+         "must be a directory this user can create and write (", "'blocker/results'",
+         commands=SWEEP, setup=blocked_storage),
+    Case("storage_path_cannot_be_created", sweep_(storage_path="/proc/tuneloop-no"), "sweep.storage_path",
+         "must be a directory this user can create and write (/proc/tuneloop-no", "'/proc/tuneloop-no'",
+         commands=SWEEP),
+    Case("lock_file_cannot_be_opened", None, "sweep.storage_path",
+         "must be a directory this user can create and write (", "'./results'", commands=SWEEP,
+         setup=lambda tmp: (tmp / "results" / NAME / ".tuneloop.lock").mkdir(parents=True)),
     Case("storage_path_read_only", sweep_(storage_path="readonly/results"), "sweep.storage_path",
          "is not writable", "'readonly/results'", commands=SWEEP,
          setup=lambda tmp: (tmp / "readonly").mkdir(mode=0o555)),

@@ -203,3 +203,74 @@ def test_a_non_finite_stop_wins_over_every_other_reason():
     nan.on_epoch_end(None, epoch=0, train_loss=float("nan"), val_loss=1.0, metrics={})
     runner = CallbackRunner([Stop(1, "user_stop"), nan, Stop(90, "early_stopping")])
     assert runner.stop_reason() == "non_finite_loss"
+
+
+def test_a_callback_without_a_priority_runs_after_every_builtin():
+    """Default priority 100: a user's callback reads the shared attributes of the same epoch."""
+    from tuneloop import callbacks as cb
+
+    class Mine(TrainingCallback):
+        pass
+
+    assert TrainingCallback.priority == 100 and Mine.priority == 100
+    builtins = [cb.CheckpointCallback("unused"), cb.EarlyStoppingCallback(), cb.PrunerCallback(report=lambda *a: None),
+                cb.WandbLoggingCallback(), cb.OverfitDetectionCallback(), cb.LossPredictionCallback(10),
+                cb.GradientMonitorCallback(), cb.OptimizerModeCallback(), cb.NaNDetectionCallback()]
+    mine = Mine()
+    runner = CallbackRunner([mine, *builtins])
+    assert runner.callbacks[-1] is mine
+    assert all(c.priority < mine.priority for c in runner.callbacks[:-1])
+
+
+def test_the_callbacks_cannot_be_changed_behind_the_runners_back():
+    log = []
+    runner = CallbackRunner([Recorder("a", 10, log)])
+    assert isinstance(runner.callbacks, tuple)
+    with pytest.raises(AttributeError):
+        runner.callbacks.append(Recorder("b", 20, log))
+
+
+def test_add_keeps_the_priority_order_and_the_hook_tables():
+    log = []
+    runner = CallbackRunner([Recorder("a", 10, log), Recorder("c", 30, log)])
+    runner.add(Recorder("b", 20, log))
+    runner.add(Recorder("c2", 30, log))  # a tie goes after the callbacks already there
+    runner.add(Recorder("z", 0, log))
+    assert [c.name for c in runner] == ["z", "a", "b", "c", "c2"] and len(runner) == 5
+    runner.fire("on_val_end", trainer=None)
+    assert log == ["z", "a", "b", "c", "c2"]
+
+    class Late(Recorder):
+        hook_priority = {"on_epoch_end": 100}
+
+    runner.add(Late("late", 5, log))
+    log.clear()
+    runner.fire("on_epoch_end", trainer=None)
+    assert log == ["z:epoch", "a:epoch", "b:epoch", "c:epoch", "c2:epoch", "late:epoch"]
+    log.clear()
+    runner.fire("on_val_end", trainer=None)
+    assert log == ["z", "late", "a", "b", "c", "c2"]
+
+
+def test_an_added_callback_is_called_and_its_stop_signal_honoured():
+    import torch
+
+    from tuneloop.trainer import Trainer
+
+    class StopAtTwo(TrainingCallback):
+        def __init__(self):
+            self.epochs = []
+
+        def on_epoch_end(self, trainer, *, epoch, **kwargs):
+            self.epochs.append(epoch)
+
+        def stop_reason(self):
+            return "mine" if len(self.epochs) >= 2 else None
+
+    model = torch.nn.Linear(3, 2)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), None, torch.nn.CrossEntropyLoss(), [])
+    added = StopAtTwo()
+    trainer.callbacks.add(added)
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    trainer.train([(x, y)], [(x, y)], epochs=5)
+    assert added.epochs == [0, 1] and trainer.stop_reason == "mine"

@@ -125,12 +125,12 @@ class Interrupt(TrainingCallback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("cut_after", [0, 8, 9])
+@pytest.mark.parametrize("cut_after", [0, 9, 10])
 def test_exact_resume_after_an_interruption_keeps_the_callback_histories(digits, tmp_path, cut_after):
-    """12 epochs; the loss prediction starts at epoch 9 and needs the restored val-loss history."""
+    """12 epochs; the loss prediction starts at epoch 10 and needs the restored val-loss history."""
     whole, train, val, whole_seen = build(digits)
     whole.train(train, val, epochs=12)
-    assert all(row[5] is not None for row in whole_seen.rows[9:])
+    assert all(row[5] is not None for row in whole_seen.rows[10:])
 
     first, train, val, _ = build(digits, tmp_path / "ck")
     first.callbacks = type(first.callbacks)([*first.callbacks, Interrupt(cut_after)])
@@ -366,3 +366,27 @@ def test_periodic_checkpoints_are_ordered_by_epoch_number_and_need_their_file(tm
     assert [epoch for epoch, _ in manager.periodic()] == [9, 10, 100]
     assert manager.latest() == tmp_path / "epoch_100"
     assert entries(tmp_path) == [".epoch_300.x.tmp", "epoch_10", "epoch_100", "epoch_200", "epoch_9"]
+
+
+def test_a_checkpoint_holds_its_epochs_record_and_whether_the_run_ended_there(digits, tmp_path):
+    """`ended` tells a run restored from the checkpoint of its own end (its last epoch, or the epoch
+    after which it stopped itself) from one that goes on; the record is what that epoch reported."""
+    trainer, train, val, seen = build(digits, tmp_path / "ck")
+    trainer.train(train, val, epochs=4)
+    for epoch in range(4):
+        state = load_state(tmp_path / "ck" / f"epoch_{epoch}", expected_hash="abc")
+        assert state["record"]["epoch"] == epoch
+        assert state["record"]["val_loss"] == seen.rows[epoch][2] == state["val_loss"]
+        assert state["record"]["val_accuracy"] == seen.rows[epoch][3]
+        assert checkpointing.ended(state, 4) == ("complete" if epoch == 3 else "")
+        assert checkpointing.ended(state, 10) == ""  # the same checkpoint, in a longer run: goes on
+
+    stopping, train, val, _ = build(digits, tmp_path / "es")
+    stopping.callbacks = type(stopping.callbacks)(
+        [EarlyStoppingCallback(patience=1, min_delta=10.0),  # no epoch improves enough: stops after epoch 1
+         *(c for c in stopping.callbacks if not isinstance(c, EarlyStoppingCallback))])
+    stopping.train(train, val, epochs=10)
+    assert stopping.stop_reason == "early_stopping"
+    last = load_state(tmp_path / "es" / "epoch_1", expected_hash="abc")
+    assert checkpointing.ended(last, 10) == "early_stopping" and last["record"]["epoch"] == 1
+    assert checkpointing.ended(load_state(tmp_path / "es" / "epoch_0", expected_hash="abc"), 10) == ""

@@ -31,7 +31,7 @@ def test_train_writes_run_directory(tmp_path, capsys):
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == list(range(12))
     assert {"train_loss", "val_loss", "lr", "val_accuracy", "max_grad_norm", "predicted_final_loss"} <= set(rows[0])
-    assert rows[0]["predicted_final_loss"] == "" and rows[9]["predicted_final_loss"] != ""
+    assert rows[9]["predicted_final_loss"] == "" and rows[10]["predicted_final_loss"] != ""  # from epoch index 10
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs_trained"] == 12
     assert summary["best_val_loss"] == min(float(r["val_loss"]) for r in rows)

@@ -25,13 +25,15 @@ from test_sweep import probe_experiment
 
 
 def write_experiment(tmp_path: Path, name: str, *, low: float, high: float, num_samples: int, epochs: int,
-                     log: Path) -> Path:
+                     log: Path, gate: Path | None = None) -> Path:
     experiment = probe_experiment(tmp_path, epochs=epochs, num_samples=num_samples, max_concurrent_trials=1,
                                   search_space={"optimizer_config.lr": {"type": "float", "low": low, "high": high,
                                                                         "log": True}})
     experiment["sweep"]["storage_path"] = str(tmp_path / name)
     experiment["run"]["net_config"]["delay"] = 0.005
     experiment["run"]["callbacks"] = [{"class": "tl_testing.EpochLog", "path": str(log)}]
+    if gate is not None:  # each trial waits at epoch 1 while the file `gate` exists (tl_chaos.Gate)
+        experiment["run"]["callbacks"].append({"class": "tl_chaos.Gate", "gate": str(gate), "from_epoch": 1})
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(experiment))
     return path
@@ -46,12 +48,20 @@ def test_two_sweeps_at_once_do_not_interfere(tmp_path, ray_tmp):
     """Same study name ("probe"), different directories, disjoint lr ranges, 3 and 4 trials, run
     at the same time: each study and each Tune experiment has exactly its own trials."""
     specs = {"a": (1e-3, 1e-2, 3), "b": (2e-2, 1e-1, 4)}
+    gate = tmp_path / "gate"  # both sweeps' first trials wait at it: the sweeps overlap, however slow a start
+    gate.write_text("closed\n")
     processes = {}
     for name, (low, high, samples) in specs.items():
         path = write_experiment(tmp_path, name, low=low, high=high, num_samples=samples, epochs=6,
-                                log=tmp_path / f"{name}.jsonl")
+                                log=tmp_path / f"{name}.jsonl", gate=gate)
         processes[name] = launch(["sweep", str(path), "--quiet"], ray_tmp, tmp_path)
+    waits, deadline = Path(f"{gate}.waits"), time.monotonic() + 300
+    while time.monotonic() < deadline and all(p.poll() is None for p in processes.values()) and len(
+            {line.split()[0] for line in (waits.read_text().splitlines() if waits.exists() else [])}) < 2:
+        time.sleep(0.05)
+    gate.unlink()  # open: every later trial passes it at once
     outputs = {name: process.communicate(timeout=240)[0] for name, process in processes.items()}
+    assert len({line.split()[0] for line in waits.read_text().splitlines()}) >= 2, outputs  # both waited
     for name, process in processes.items():
         assert process.returncode == 0, outputs[name]
 
@@ -165,3 +175,20 @@ def test_a_block_that_wrote_nothing_leaves_nothing_behind(tmp_path):
     with experiment_lock(tmp_path / "results" / "probe", "run"):
         (tmp_path / "results" / "probe" / "experiment.yaml").write_text("run: {}\n")
     assert sorted(p.name for p in (tmp_path / "results" / "probe").iterdir()) == [LOCK_FILE, "experiment.yaml"]
+
+
+def test_a_lock_that_cannot_be_taken_raises_directory_unusable_and_leaves_nothing(tmp_path):
+    """Creating the experiment directory below a file (or under /proc) fails before the block runs:
+    DirectoryUnusable carries the OSError, and no directory or lock file is left behind."""
+    from tuneloop.locking import DirectoryUnusable, experiment_lock
+
+    (tmp_path / "blocker").write_text("a file\n")
+    for target in (tmp_path / "blocker" / "results" / "probe", Path("/proc/tuneloop-no/probe")):
+        ran = []
+        with pytest.raises(DirectoryUnusable) as refused:
+            with experiment_lock(target, "run"):
+                ran.append(True)
+        assert ran == [] and isinstance(refused.value.error, OSError)
+        assert not target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+    assert (tmp_path / "blocker").read_text() == "a file\n"

@@ -21,8 +21,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import leftover_ray_processes
-from test_resume import epochs_logged, interruptible_experiment, launch
+from conftest import ray_processes_after
+from test_resume import epochs_logged, interruptible_experiment, launch, restored_epochs, rework_allowed
 from test_sweep import probe_experiment, run_sweep, study_of, trial_rows
 
 State = optuna.trial.TrialState
@@ -63,20 +63,22 @@ def test_the_driver_killed_three_times_resumes_to_the_end(tmp_path, ray_tmp):
     kills = 3
 
     commands = [["sweep", str(path), "--quiet"]] + [["resume", str(directory)]] * kills
+    allowed = 0  # epochs the resumes may train again (see test_resume.rework_allowed)
     for step, command in enumerate(commands):
         process = launch(command, ray_tmp, tmp_path)
         if step < kills:
             target = epochs_logged(log) + rng.randint(1, 6)  # a random point of the run
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 300
             while epochs_logged(log) < target and process.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.02)
+            assert epochs_logged(log) >= target, "the sweep did not reach the point to kill it at"
             time.sleep(rng.uniform(0, 0.1))
             assert process.poll() is None, process.communicate()[0]  # killed while running, not after
             os.kill(process.pid, signal.SIGKILL)
         output, _ = process.communicate(timeout=240)
         if step < kills:
-            time.sleep(1.0)
-            assert not leftover_ray_processes(ray_tmp), "Ray processes outlived the killed driver"
+            assert not ray_processes_after(ray_tmp), "Ray processes outlived the killed driver"
+            allowed += rework_allowed(log, restored_epochs(directory))
         else:
             assert process.returncode == 0, output
 
@@ -100,10 +102,11 @@ def test_the_driver_killed_three_times_resumes_to_the_end(tmp_path, ray_tmp):
         state = tune_states[name.removeprefix("trial_")]
         if trial.state == State.COMPLETE:
             assert state == "complete" and len(rows) == len(told) == epochs and trial.value == rows[-1]["val_loss"]
-        else:  # pruned around a kill: Tune's snapshot and the study may differ by one epoch
-            assert state == "pruned" and abs(len(rows) - len(told)) <= 1 and not rows[-1]["trial_done"]
+        else:  # pruned (perhaps around a kill): the study and Tune agree on the epochs both hold (above);
+            # how many more one of them holds depends on how far Tune's state lagged at the kill
+            assert state == "pruned" and rows and told and not rows[-1]["trial_done"]
     needed = sum(len(rows) for rows in histories.values())
-    assert epochs_logged(log) <= needed + 2 * kills  # at most one epoch per running trial per kill
+    assert epochs_logged(log) <= needed + allowed  # only what the restored state missed is trained again
     assert (directory / "sweep_done").exists()
 
 

@@ -237,3 +237,53 @@ def test_overwrite_starts_over_and_never_merges_into_an_old_study(tmp_path, caps
     trials = optuna.load_study(study_name="probe", storage=url).trials
     assert len(trials) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert 123.0 not in [t.value for t in trials]
+
+
+def test_every_view_of_a_sweep_agrees_on_states_and_the_best_with_a_metric_to_maximize(tmp_path, capsys):
+    """metric: val_confidence, mode: max. The Optuna study, results.csv, best.yaml, the live table
+    and `tuneloop report` decide each trial's state on the sweep's metric (a NaN metric with a
+    finite val_loss is a failed trial everywhere) and the best trial by one rule."""
+    import csv
+
+    experiment = probe_experiment(
+        tmp_path, epochs=4, num_samples=6, metric="val_confidence", mode="max",
+        scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
+        sampler={"name": "RandomSampler", "seed": 3},
+        search_space={"optimizer_config.lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
+                      "net_config.classes": {"type": "categorical", "choices": [3, 4]}})
+    experiment["run"]["metrics"] = ["tl_testing.confidence"]
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    assert cli.main(["sweep", str(path)]) == 0  # not --quiet: the live table's last block is printed
+    out = capsys.readouterr().out
+    directory = tmp_path / "results" / "probe"
+
+    study = study_of(directory)
+    names = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned",
+             optuna.trial.TrialState.FAIL: "failed"}
+    study_state = {t.params["optimizer_config.lr"]: names[t.state] for t in study.trials}
+    with open(directory / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    table_state = {float(r["optimizer_config.lr"]): r["state"] for r in rows}
+    assert table_state == study_state and len(study_state) == 6
+    assert {r["state"] for r in rows if r["net_config.classes"] == "4"} == {"failed"}  # NaN metric, finite loss
+    assert "failed" in table_state.values() and "complete" in table_state.values()
+
+    best = study.best_trial  # Optuna: the best COMPLETE trial, by direction maximize
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    best_row = max((r for r in rows if r["state"] == "complete"), key=lambda r: float(r["val_confidence"]))
+    assert float(best_row["optimizer_config.lr"]) == best.params["optimizer_config.lr"]
+    assert float(best_row["val_confidence"]) == best.value
+    best_yaml = (directory / "best.yaml").read_text()
+    assert best_yaml.startswith(f"# Best trial {best_row['trial_id']} of sweep probe: val_confidence=")
+    assert yaml.safe_load(best_yaml)["run"]["optimizer_config"]["lr"] == best.params["optimizer_config.lr"]
+    assert f"best: trial {best_row['trial_id']} val_confidence={best.value:.6g}" in out  # the summary table
+    live = [line for line in out.splitlines() if line.startswith("best val_confidence ")]
+    assert live and live[-1] == f"best val_confidence {best.value:.4g} (trial_{best_row['trial_id']})"
+
+    assert cli.main(["report", str(directory), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["best"]["number"] == best.number and facts["best"]["value"] == best.value
+    assert facts["trials"]["failed"] == list(study_state.values()).count("failed")
+    assert [t["value"] for t in facts["top_k"]] == sorted(
+        (t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE), reverse=True)[:5]

@@ -75,3 +75,23 @@ def test_scheduler_behaviour_is_measured_deterministically(ray_local):
     assert runs[0].regret_at(first_spent - 1) == math.inf and runs[0].regret_at(first_spent) == first_regret
     assert runs[0].regret_at(10**6) == runs[0].regret
     assert all(a[0] < b[0] for a, b in zip(runs[0].trace, runs[0].trace[1:]))
+
+
+def test_a_checkpointing_synthetic_sweep_leaves_no_temporary_directories(ray_local):
+    """HyperBand pauses trials, so the synthetic trials write a checkpoint per epoch through a
+    scratch directory each: every one of them is gone once Tune copied it."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    def scratch_dirs() -> set[str]:
+        return {p.name for p in Path(tempfile.gettempdir()).glob("tlsyn-*")}
+
+    before = scratch_dirs()
+    outcome = run_synthetic_sweep("hyperband", {"reduction_factor": 2}, num_samples=4, epochs=6, fidelity=0.5,
+                                  noise=0.02, seed=0)
+    assert outcome.epochs_spent > 0 and outcome.completed >= 1
+    deadline = time.monotonic() + 30  # a stopped trial's thread may still be leaving its report
+    while scratch_dirs() - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert scratch_dirs() - before == set()

@@ -2,8 +2,10 @@
 
 A checkpoint is one file `state.pt` holding: format version, epoch, config hash, model,
 optimizer, LR scheduler, the `state_dict()` of every stateful callback (EarlyStopping,
-LossPrediction, OverfitDetection, ...) and the RNG states (python, numpy, torch CPU and
-CUDA) as CPU tensors, so that `torch.load(weights_only=True)` can read it back.
+LossPrediction, OverfitDetection, ...), the RNG states (python, numpy, torch CPU and CUDA) as
+CPU tensors, and the epoch's record with the stop reason the run had then (so a run restored
+from the checkpoint of its own last epoch knows it had ended, and what it reported), so that
+`torch.load(weights_only=True)` can read it back.
 """
 
 from __future__ import annotations
@@ -86,17 +88,22 @@ def _stateful_callbacks(trainer) -> dict:
     return named
 
 
-def collect_state(trainer, epoch: int, cfg_hash: str = "", val_loss: float | None = None) -> dict:
+def collect_state(trainer, epoch: int, cfg_hash: str = "", val_loss: float | None = None,
+                  record: dict | None = None, stop_reason: str | None = None) -> dict:
     """Everything needed to continue after `epoch` exactly as if never interrupted.
 
     Taken at `on_epoch_end`, before the Trainer steps the LR scheduler for `epoch`; `val_loss` is
     that epoch's, which a metric-driven schedule (ReduceLROnPlateau) needs to take that step.
+    `record` is the epoch's record (`trainer.epoch_record`) and `stop_reason` the reason training
+    ends after this epoch, if it does (see `ended`).
     """
     return {
         "format_version": FORMAT_VERSION,
         "epoch": int(epoch),
         "config_hash": cfg_hash,
         "val_loss": None if val_loss is None else float(val_loss),
+        "record": dict(record or {}),
+        "stop_reason": stop_reason or "",
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
@@ -132,6 +139,15 @@ def restore_state(trainer, state: dict) -> int:
                 scheduler.step()
     set_rng_state(state["rng"])
     return int(state["epoch"]) + 1
+
+
+def ended(state: dict, epochs: int) -> str:
+    """Why the run whose checkpoint is `state` had already ended at that epoch ("complete" after
+    its last of `epochs`, or the stop it made then: "early_stopping", ...), or "" when it goes on.
+    A run restored from such a checkpoint has nothing left to train."""
+    if state.get("stop_reason"):
+        return str(state["stop_reason"])
+    return "complete" if int(state["epoch"]) >= epochs - 1 else ""
 
 
 # --- files -----------------------------------------------------------------------------------

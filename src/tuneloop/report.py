@@ -11,6 +11,8 @@ import warnings
 from pathlib import Path
 
 from tuneloop.errors import UserError
+from tuneloop.outcome import finite as _finite
+from tuneloop.outcome import outcome, ranked
 from tuneloop.search_space import short_value
 
 STATES = ("complete", "pruned", "failed", "running")
@@ -22,7 +24,7 @@ def load(directory: Path):
     from tuneloop.sweep import experiment_storage
 
     cfg, study = load_study(directory)
-    return cfg, study, trial_histories(experiment_storage(cfg))
+    return cfg, study, trial_histories(experiment_storage(cfg), cfg.sweep.metric)
 
 
 def load_study(directory: Path):
@@ -42,10 +44,9 @@ def load_study(directory: Path):
     return cfg, study
 
 
-def trial_histories(storage) -> dict[str, dict]:
-    """Per Tune trial: its result rows, whether it errored, and its state by tuneloop's rule."""
-    from tuneloop.searcher import outcome
-
+def trial_histories(storage, metric: str) -> dict[str, dict]:
+    """Per Tune trial: its result rows, whether it errored, and its state by tuneloop's rule (on
+    the sweep's `metric`)."""
     trials = {}
     for name in storage.listdir():
         if not name.startswith("trial_"):
@@ -54,7 +55,7 @@ def trial_histories(storage) -> dict[str, dict]:
         text = storage.read_bytes(f"{name}/result.json").decode() if "result.json" in files else ""
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         error = "error.txt" in files
-        state = outcome(rows[-1] if rows else None, error, metric="val_loss")[0]
+        state = outcome(rows[-1] if rows else None, error, metric=metric)[0]
         trials[name.removeprefix("trial_")] = {"rows": rows, "error": error, "state": state}
     return trials
 
@@ -69,17 +70,16 @@ def summarize(cfg, study, histories: dict, *, done: bool, top_k: int) -> dict:
     counts = {state: 0 for state in STATES}
     for trial in study.trials:
         counts[state_names[trial.state]] += 1
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and _finite(t.value)]
-    sign = 1 if cfg.sweep.mode == "min" else -1
-    ranked = sorted(complete, key=lambda t: sign * t.value)
+    order = ranked(study.trials, mode=cfg.sweep.mode, state=lambda t: state_names[t.state],
+                   value=lambda t: t.value)  # the rule of every view of the sweep (tuneloop.outcome)
     facts = {
         "experiment": cfg.run.name, "metric": cfg.sweep.metric, "mode": cfg.sweep.mode,
         "finished": done and not counts["running"], "trials": counts, "n_trials": len(study.trials),
-        "best": _trial_facts(ranked[0]) if ranked else None,
-        "top_k": [_trial_facts(t) for t in ranked[:top_k]],
+        "best": _trial_facts(order[0]) if order else None,
+        "top_k": [_trial_facts(t) for t in order[:top_k]],
         "importance": None, "boundary_warnings": [], "tune_trials": len(histories),
     }
-    if len(complete) >= 2:
+    if len(order) >= 2:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -88,8 +88,8 @@ def summarize(cfg, study, histories: dict, *, done: bool, top_k: int) -> dict:
                                        optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
             except (RuntimeError, ValueError) as exc:  # e.g. a parameter that never varied
                 facts["importance_error"] = str(exc)
-    if ranked:
-        facts["boundary_warnings"] = boundary_warnings(ranked[0])
+    if order:
+        facts["boundary_warnings"] = boundary_warnings(order[0])
     return facts
 
 
@@ -113,10 +113,6 @@ def boundary_warnings(trial) -> list[str]:
 
 def _trial_facts(trial) -> dict:
     return {"number": trial.number, "value": trial.value, "params": trial.params}
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def plot(cfg, study, histories: dict, best_value: float | None, out: Path) -> list[Path]:

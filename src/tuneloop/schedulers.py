@@ -8,7 +8,6 @@ trials that completed.
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import statistics
 
@@ -16,6 +15,7 @@ from ray.tune.schedulers import (ASHAScheduler, FIFOScheduler, HyperBandSchedule
                                  PopulationBasedTraining, TrialScheduler)
 
 from tuneloop.checkpointing import atomic_write_bytes, atomic_write_text
+from tuneloop.outcome import finite as _finite
 from tuneloop.storage import state_file
 
 TIME_ATTR = "training_iteration"  # epochs trained by the trial (1-based), the schedulers' clock
@@ -179,10 +179,6 @@ class PredictedFinalLossScheduler(FIFOScheduler):
         self.__dict__.setdefault("calibrate", False)
         self.__dict__.setdefault("raw", {})
         self._load()
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _epoch(result: dict) -> int:

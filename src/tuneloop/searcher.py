@@ -12,7 +12,6 @@ result that triggered a STOP to `on_trial_result`, so the last value is reported
 from __future__ import annotations
 
 import logging
-import math
 import pickle
 
 import optuna
@@ -20,30 +19,13 @@ from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
+from tuneloop.outcome import finite as _finite
+from tuneloop.outcome import outcome
 from tuneloop.storage import study_url as study_url_of
 
 logger = logging.getLogger(__name__)
 
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 OPTUNA_STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
-
-
-def outcome(result: dict | None, error: bool, metric: str) -> tuple[str, float | None]:
-    """(state, value to tell Optuna) of a finished trial from its last result.
-
-    failed: it raised, reported nothing, or its loss or metric is NaN/inf; complete: its last
-    report says it reached its own end (`trial_done`); pruned: stopped from outside.
-    """
-    value = (result or {}).get(metric)
-    if error or not result or not _finite(value) or not _finite(result.get("val_loss", 0.0)):
-        return "failed", None
-    if result.get("trial_done"):
-        return "complete", float(value)
-    return "pruned", None
 
 
 class TruthfulOptunaSearch(OptunaSearch):

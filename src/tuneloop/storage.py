@@ -75,7 +75,8 @@ def tune_storage(sweep) -> tuple[str, object | None]:
         from pyarrow.fs import S3FileSystem
 
         endpoint = urlsplit(sweep.s3_endpoint)
-        # With an explicit filesystem Tune wants the path without its scheme (RAY-NOTES.md).
+        # With an explicit storage_filesystem, Ray takes the path as a path on that filesystem,
+        # without its scheme (Ray 2.60, `ray.train._internal.storage.get_fs_and_path`).
         return path.removeprefix("s3://"), S3FileSystem(endpoint_override=endpoint.netloc,
                                                          scheme=endpoint.scheme or "https")
     return path, None

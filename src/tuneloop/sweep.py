@@ -9,9 +9,12 @@ the storage at the end of each run (see `tuneloop.storage`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -24,7 +27,8 @@ from tuneloop.checkpointing import atomic_write_text
 from tuneloop.config import ExperimentConfig, dump_yaml, load_experiment
 from tuneloop.credentials import keep_credentials_out_of_ray
 from tuneloop.errors import UserError, Verbatim
-from tuneloop.locking import clear_directory, experiment_lock, has_content
+from tuneloop.locking import DirectoryUnusable, clear_directory, experiment_lock, has_content, probe_writable
+from tuneloop.outcome import best, outcome
 from tuneloop.search_space import apply_params, short_value
 from tuneloop.storage import DRIVER_FILES, STUDY_FILE, Storage, is_remote, tune_storage, use_sweep
 
@@ -33,6 +37,7 @@ EXPERIMENT_FILE = "experiment.yaml"
 
 
 PAUSING_SCHEDULERS = ("hyperband", "median", "pbt")  # they pause trials (or swap in checkpoints)
+HISTORY_REWINDS = ("pbt",)  # a trial's epochs may legitimately go back (PBT's clones continue another's)
 
 
 def experiment_dir(cfg: ExperimentConfig) -> Path:
@@ -55,11 +60,9 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def trial_state(result: dict | None, error: bool) -> str:
-    """complete / pruned / failed, by the same rule the Optuna study is told."""
-    from tuneloop.searcher import outcome
-
-    return outcome(result, error, metric="val_loss")[0]
+def trial_state(cfg: ExperimentConfig, result: dict | None, error: bool) -> str:
+    """complete / pruned / failed on the sweep's metric, by the rule the Optuna study is told."""
+    return outcome(result, error, metric=cfg.sweep.metric)[0]
 
 
 def build_trainable(cfg: ExperimentConfig):
@@ -202,25 +205,24 @@ def summarize(cfg: ExperimentConfig, results) -> list[TrialRow]:
                   for t in results._experiment_analysis.trials]  # same order as the grid
     for result, running in zip(results, unfinished):
         history = result.metrics_dataframe
-        losses = history["val_loss"].tolist() if history is not None and "val_loss" in history else []
+        epochs = history.to_dict("records") if history is not None and "val_loss" in history else []
+        if cfg.sweep.scheduler.name not in HISTORY_REWINDS:  # an epoch run again after a resume counts once
+            epochs = _last_per_epoch(epochs, lambda row: row.get("epoch"))
+        losses = [row["val_loss"] for row in epochs]
         finite = [v for v in losses if isinstance(v, float) and math.isfinite(v)]
         metrics = result.metrics or {}
         rows.append(TrialRow(
             trial_id=metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"),
-            state="running" if running else trial_state(metrics, result.error is not None),
+            state="running" if running else trial_state(cfg, metrics, result.error is not None),
             epochs=len(losses), best_val_loss=min(finite) if finite else math.inf,
             last_metric=metrics.get(cfg.sweep.metric, math.nan), config=dict(result.config or {})))
     return rows
 
 
 def best_row(cfg: ExperimentConfig, rows: list[TrialRow]) -> TrialRow | None:
-    """The completed (else pruned) trial with the best last value of the sweep metric."""
-    sign = 1 if cfg.sweep.mode == "min" else -1
-    for states in (("complete",), ("complete", "pruned")):
-        candidates = [r for r in rows if r.state in states and math.isfinite(r.last_metric)]
-        if candidates:
-            return min(candidates, key=lambda r: sign * r.last_metric)
-    return None
+    """The best trial by `tuneloop.outcome.best`: the complete one with the best last value of the
+    sweep metric (None when no trial completed)."""
+    return best(rows, mode=cfg.sweep.mode, state=lambda r: r.state, value=lambda r: r.last_metric)
 
 
 def write_results(cfg: ExperimentConfig, rows: list[TrialRow], directory: Path) -> TrialRow | None:
@@ -266,9 +268,10 @@ def ray_address(address: str | None) -> str:
     return address or os.environ.get("RAY_ADDRESS") or "local"
 
 
-def ensure_ray(address: str | None, *, worker_logs: bool = True) -> bool:
+def ensure_ray(address: str | None, *, trial_log=None) -> bool:
     """Connect to `address` (or start an embedded local Ray); True when this call started Ray.
-    `worker_logs`: forward the trials' output to the driver's (not under a live table)."""
+    `trial_log` (a `tuneloop.trial_log.TrialLog`): the trials' own output goes there, prefixed by
+    trial id, instead of Ray's worker lines (None: Ray prints them as it does)."""
     import ray
 
     from tuneloop.trial import THREAD_TIMEOUT_S
@@ -286,9 +289,30 @@ def ensure_ray(address: str | None, *, worker_logs: bool = True) -> bool:
     keep_credentials_out_of_ray()  # Ray Tune would log the driver's AWS keys (tuneloop.credentials)
     if ray.is_initialized():
         return False
-    ray.init(address=ray_address(address), include_dashboard=False, log_to_driver=worker_logs,
-             configure_logging=True, logging_level="WARNING")
+    with _quiet_token_auth_notice():
+        ray.init(address=ray_address(address), include_dashboard=False, log_to_driver=True,
+                 configure_logging=True, logging_level="WARNING")
+    if trial_log is not None:
+        from tuneloop.trial_log import attach
+
+        attach(trial_log)
     return True
+
+
+@contextlib.contextmanager
+def _quiet_token_auth_notice():
+    """Ray 2.60 turns token authentication on for a new local Ray (RAY_AUTH_MODE unset) and logs
+    a warning that it did: a notice of its default, not of a problem. The protection stays on."""
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+
+    def notice(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
 
 
 def run_sweep(cfg: ExperimentConfig, *, file: str, address: str | None = None, quiet: bool = False,
@@ -323,8 +347,14 @@ def run_sweep(cfg: ExperimentConfig, *, file: str, address: str | None = None, q
             storage.upload(directory, [EXPERIMENT_FILE])
         return build_tuner(cfg)
 
-    with experiment_lock(directory, "run"):  # one driver per experiment directory (tuneloop.locking)
-        return _fit(cfg, start, address, file=file, quiet=quiet)
+    try:
+        with experiment_lock(directory, "run"):  # one driver per experiment directory (tuneloop.locking)
+            return _fit(cfg, start, address, file=file, quiet=quiet)
+    except DirectoryUnusable as exc:  # taking the lock failed: nothing was started or written
+        key, value = ("sweep.storage_path", cfg.sweep.storage_path) if storage.is_local else (
+            "sweep.local_dir", cfg.sweep.local_dir)
+        raise UserError(f"must be a directory this user can create and write ({_os_reason(exc.error, directory)})",
+                        file=file, key=key, value=value) from None
 
 
 def check_storage(cfg: ExperimentConfig, storage: Storage, *, file: str | None) -> None:
@@ -347,16 +377,27 @@ def check_storage(cfg: ExperimentConfig, storage: Storage, *, file: str | None) 
 
 
 def _check_writable(directory: Path, *, key: str, value: str, file: str | None) -> None:
-    """`directory` (the experiment's) is a directory this user can write, or can be created."""
+    """`directory` (the experiment's) is a directory this user can create and write: tried for
+    real (its missing parents made, a file written in it, then everything made removed again), so
+    that /proc, a path below a file or a read-only mount is refused before anything is written."""
     if directory.exists() and not directory.is_dir():
         raise UserError(f"must lead to a directory, but {directory} is a file", file=file, key=key, value=value)
-    existing = next(p for p in (directory, *directory.parents) if p.exists())
-    if not existing.is_dir():
-        raise UserError(f"must be a directory this user can write ({existing} is a file)", file=file, key=key,
-                        value=value)
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"must be a directory this user can write ({existing} is not writable)", file=file,
-                        key=key, value=value)
+    try:
+        probe_writable(directory)
+    except OSError as exc:
+        raise UserError(f"must be a directory this user can create and write ({_os_reason(exc, directory)})",
+                        file=file, key=key, value=value) from None
+
+
+def _os_reason(exc: OSError, directory: Path) -> str:
+    """What an OSError says, briefly: `/proc/x is not writable`, `blocker is a file`, ..."""
+    where = exc.filename or directory
+    if isinstance(exc, NotADirectoryError) or (isinstance(exc, FileExistsError) and not Path(where).is_dir()):
+        found = next((p for p in (Path(where), *Path(where).parents) if p.exists() and not p.is_dir()), where)
+        return f"{found} is a file"
+    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        return f"{where} is not writable"
+    return f"{where}: {exc.strerror or exc}"
 
 
 def check_study(cfg: ExperimentConfig, *, file: str | None, overwrite: bool) -> bool:
@@ -485,8 +526,12 @@ def resume_sweep(target: str | Path, *, address: str | None = None, quiet: bool 
     """
     directory = _local_directory(str(target))
     cfg = load_sweep(directory, shown=str(target))
-    with experiment_lock(directory, "resumed"):  # refuses a second driver, before Ray starts
-        return _resume(cfg, directory, target, address, quiet)
+    try:
+        with experiment_lock(directory, "resumed"):  # refuses a second driver, before Ray starts
+            return _resume(cfg, directory, target, address, quiet)
+    except DirectoryUnusable as exc:
+        raise UserError(f"must be a directory this user can create and write ({_os_reason(exc.error, directory)})",
+                        key="EXPERIMENT_DIR", value=str(target)) from None
 
 
 def _resume(cfg: ExperimentConfig, directory: Path, target: str | Path, address: str | None,
@@ -573,12 +618,17 @@ def _fit(cfg: ExperimentConfig, make_tuner, address: str | None, file: str | Non
     from tuneloop.experiment_state import publish_final
     from tuneloop.sweep_progress import SweepProgress
 
-    SweepProgress.configure(quiet=quiet)
-    live_table = not quiet and sys.stdout.isatty()  # redrawn in place: the trials' output would break it
+    import optuna
+
+    from tuneloop.trial_log import TrialLog
+
+    trial_log = TrialLog()  # the trials' own lines, printed by SweepProgress (above its table)
+    SweepProgress.configure(quiet=quiet, trial_log=trial_log)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created ..." lines
 
     directory, storage = experiment_dir(cfg), experiment_storage(cfg)
     use_sweep(directory, storage)  # before a restore unpickles the searcher and the schedulers
-    started = ensure_ray(address, worker_logs=not live_table)
+    started = ensure_ray(address, trial_log=trial_log)
     try:
         check_shared_storage(cfg, storage, file=file)
         check_cluster_resources(cfg, file=file)
@@ -587,7 +637,7 @@ def _fit(cfg: ExperimentConfig, make_tuner, address: str | None, file: str | Non
     finally:
         if started:
             ray.shutdown()
-    if cfg.sweep.scheduler.name != "pbt":  # PBT's clones legitimately go back in epochs
+    if cfg.sweep.scheduler.name not in HISTORY_REWINDS:
         tidy_histories(storage)
     rows = summarize(cfg, results)
     best = write_results(cfg, rows, directory)

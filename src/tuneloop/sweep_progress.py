@@ -20,6 +20,7 @@ import time
 
 from ray.tune import Callback
 
+from tuneloop.outcome import best, outcome
 from tuneloop.search_space import short_value
 
 TTY_EVERY_S = 1.0  # redraw period on a terminal
@@ -34,6 +35,7 @@ class SweepProgress(Callback):
 
     quiet = False
     stream = None  # None: sys.stdout at the time of writing
+    trial_log = None  # a tuneloop.trial_log.TrialLog: the trials' own lines, printed above the table
 
     def __init__(self, name: str, scheduler: str, metric: str, mode: str, num_samples: int, epochs: int,
                  keys: list[str]):
@@ -42,8 +44,8 @@ class SweepProgress(Callback):
         self._reset_display()
 
     @classmethod
-    def configure(cls, *, quiet: bool, stream=None) -> None:
-        cls.quiet, cls.stream = quiet, stream
+    def configure(cls, *, quiet: bool, stream=None, trial_log=None) -> None:
+        cls.quiet, cls.stream, cls.trial_log = quiet, stream, trial_log
 
     def _reset_display(self) -> None:
         self._started = time.monotonic()
@@ -65,19 +67,23 @@ class SweepProgress(Callback):
     # --- Tune's hooks ---------------------------------------------------------------------
 
     def on_step_end(self, iteration, trials, **info):
-        """Redraw when the period is over (Tune calls this after every step of its loop)."""
+        """The trials' new lines; a redraw when the period is over (after every step of Tune's loop)."""
+        self._write_trial_lines()
         self._show(trials, force=False)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         """Announce the trial's end (complete or pruned) in a log."""
+        self._write_trial_lines()
         self._announce(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         """Announce the trial's failure with where its error is."""
+        self._write_trial_lines()
         self._announce(trial)
 
     def on_experiment_end(self, trials, **info):
         """The last state of the table, once."""
+        self._write_trial_lines()
         self._show(trials, force=True)
 
     # --- rendering ------------------------------------------------------------------------
@@ -109,6 +115,20 @@ class SweepProgress(Callback):
         self._last_block = _unclocked(block)
         out.flush()
 
+    def _write_trial_lines(self) -> None:
+        """What the trials printed or warned, one `[tuneloop] trial_<id>: ...` line each, above the
+        table (on a terminal the table is cleared first and drawn again below them)."""
+        lines = self.trial_log.drain() if self.trial_log is not None else []
+        if self.quiet or not lines:
+            return
+        out = self._out()
+        if self._tty() and self._drawn_lines:
+            out.write(f"\x1b[{self._drawn_lines}F\x1b[J")
+            self._drawn_lines = 0
+            self._last_draw = -math.inf  # drawn again at the next step
+        out.write("\n".join(lines) + "\n")
+        out.flush()
+
     def _announce(self, trial) -> None:
         if self.quiet or trial.trial_id in self._announced:
             return
@@ -117,7 +137,7 @@ class SweepProgress(Callback):
             if trial.status != "ERROR" and not trial.error_file:
                 return
             self._drawn_lines = 0
-        state = _state(trial)
+        state = self._state(trial)
         result = trial.last_result or {}
         line = (f"[tuneloop] trial_{trial.trial_id} {state} after {result.get('training_iteration', 0)} "
                 f"epoch(s), {self.metric}={_num(result.get(self.metric))}")
@@ -130,16 +150,16 @@ class SweepProgress(Callback):
     def render(self, trials, *, elapsed: float) -> list[str]:
         """The block's lines: counts, the best trial so far, one row per running or paused trial."""
         ended = [t for t in trials if t.status in ENDED]
-        states = [_state(t) for t in ended]
+        states = [self._state(t) for t in ended]
         running = [t for t in trials if t.status in ("RUNNING", "PAUSED")]
         pending = max(0, self.num_samples - len(ended) - len(running))
         minutes, seconds = divmod(int(elapsed), 60)
         lines = [f"{self.name} · {self.scheduler} · {minutes}:{seconds:02d} · {len(ended)}/{self.num_samples} done "
                  f"({states.count('complete')} complete, {states.count('pruned')} pruned, "
                  f"{states.count('failed')} failed) · {len(running)} running · {pending} pending"]
-        best = self._best(trials)
+        best = self._best(ended)
         if best is not None:
-            lines.append(f"best {self.metric} {_num(best[0])} (trial_{best[1]})")
+            lines.append(f"best {self.metric} {_num(best.last_result[self.metric])} (trial_{best.trial_id})")
         if running:
             keys = " ".join(f"{k:<{max(len(k), 10)}}" for k in self.keys)
             lines.append(f"{'trial':<16} {'state':<8} {'epoch':>7} {'val_loss':>10} {'predicted':>10}  {keys}")
@@ -152,23 +172,19 @@ class SweepProgress(Callback):
                              f"{config}".rstrip())
         return lines
 
-    def _best(self, trials) -> tuple[float, str] | None:
-        sign = 1 if self.mode == "min" else -1
-        values = [(v, t.trial_id) for t in trials
-                  if isinstance(v := (t.last_result or {}).get(self.metric), (int, float)) and math.isfinite(v)]
-        return min(values, key=lambda item: sign * item[0]) if values else None
+    def _best(self, ended):
+        """The best ended trial, by the rule of every view of the sweep (`tuneloop.outcome.best`)."""
+        return best(ended, mode=self.mode, state=self._state,
+                    value=lambda t: (t.last_result or {}).get(self.metric))
+
+    def _state(self, trial) -> str:
+        """complete / pruned / failed of an ended trial, by the rule the Optuna study is told."""
+        return outcome(trial.last_result, trial.status == "ERROR", metric=self.metric)[0]
 
 
 def _unclocked(block: list[str]) -> list[str]:
     """The block without its clock (the first line's `m:ss`): what tells whether anything changed."""
     return [re.sub(r" · \d+:\d\d · ", " · ", block[0], count=1), *block[1:]]
-
-
-def _state(trial) -> str:
-    """complete / pruned / failed of an ended trial, by the rule the Optuna study is told."""
-    from tuneloop.searcher import outcome
-
-    return outcome(trial.last_result, trial.status == "ERROR", metric="val_loss")[0]
 
 
 def _num(value) -> str:

@@ -113,12 +113,16 @@ def synthetic_trial(config: dict, *, epochs: int, fidelity: float, noise: float,
         row = {"epoch": epoch, "val_loss": float(losses[epoch]), "true_final": final, "trial_done": done,
                "done_reason": "complete" if done else "", "predicted_final_loss": (
                    10 ** -carrier._loss_prediction if carrier._loss_prediction is not None else None)}
-        checkpoint_out = None
+        checkpoint_out = scratch = None
         if checkpoints:
             scratch = tempfile.mkdtemp(prefix="tlsyn-")
             Path(scratch, "epoch.json").write_text(json.dumps({"next": epoch + 1}))
             checkpoint_out = tune.Checkpoint.from_directory(scratch)
-        tune.report({k: v for k, v in row.items() if v is not None}, checkpoint=checkpoint_out)
+        try:  # tune.report copies the checkpoint into the trial's storage before it returns (or stops)
+            tune.report({k: v for k, v in row.items() if v is not None}, checkpoint=checkpoint_out)
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 @dataclass

@@ -21,9 +21,10 @@ import torch
 from tuneloop.build import build_run, run_hash
 from tuneloop.callbacks.metrics_csv import MetricsCsvCallback
 from tuneloop.callbacks.pruner import PrunerCallback
-from tuneloop.checkpointing import load_tune_checkpoint, restore_state
+from tuneloop.checkpointing import ended, load_tune_checkpoint, restore_state
 from tuneloop.config import RunConfig
 from tuneloop.search_space import apply_params
+from tuneloop.trial_log import START
 
 
 def trial_device() -> torch.device:
@@ -117,7 +118,7 @@ def train_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ..
     gpu_ids = ",".join(str(i) for i in ray.get_gpu_ids())
     where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "gpu_ids": gpu_ids,
              "device": str(device), "started_at": time.time(), "resumed_from": ""}
-    print(f"[tuneloop] trial {context.get_trial_id()} on {device} (gpu ids [{gpu_ids}], "
+    print(f"{START.format(trial_id=context.get_trial_id())}{device} (gpu ids [{gpu_ids}], "
           f"{torch.get_num_threads()} threads): {config}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"tuneloop-{context.get_trial_id()}-"))
     pruner = PrunerCallback(static=where)
@@ -140,6 +141,10 @@ def train_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ..
             apply_hyperparameters(run_parts.trainer, run_cfg.optimizer_config)
             pruner.static["resumed_from"] = path.rstrip("/").rpartition("/")[2]
             print(f"[tuneloop] resumed from {path} (epoch {start_epoch - 1})", flush=True)
+            if reason := ended(state, run_cfg.epochs):  # the driver died after the trial's own end:
+                pruner.report_end(state.get("record") or {"epoch": start_epoch - 1, "val_loss": state["val_loss"]},
+                                  reason)  # its end is reported again, nothing is trained again
+                return
         run_parts.trainer.train(run_parts.train_loader, run_parts.val_loader, run_cfg.epochs, start_epoch)
     finally:
         run_parts = None  # release model, optimizer and data before the actor is reused

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import schedulefree
 import torch
@@ -176,9 +178,16 @@ def test_non_callable_train_or_eval_attributes_are_ignored():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     optimizer.train = True  # not a method
     optimizer.eval = None
-    trainer = Trainer(model, optimizer, None, torch.nn.MSELoss(), [])
-    OptimizerModeCallback().on_train_epoch_begin(trainer, epoch=0)
+    trainer = Trainer(model, optimizer, None, torch.nn.MSELoss(), [OptimizerModeCallback()])
+    trainer.model.eval()
+    OptimizerModeCallback().on_train_epoch_begin(trainer, epoch=0)  # calling True() would raise TypeError
     OptimizerModeCallback().on_val_begin(trainer, epoch=0)
+    assert optimizer.train is True and optimizer.eval is None  # left as they were, not called or replaced
+    assert not trainer.model.training  # nor did the callback fall back to the model's train()
+    x = torch.randn(8, 2)
+    before = flat(model)
+    assert math.isfinite(trainer.train([(x, x)], [(x, x)], epochs=2))  # a whole run works with the callback
+    assert not torch.equal(flat(model), before)  # and it really trained
 
 
 def test_an_optimizer_that_is_the_model_is_not_called():

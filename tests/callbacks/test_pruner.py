@@ -102,7 +102,7 @@ def test_one_report_per_epoch_with_the_full_record_and_the_epochs_checkpoint(dig
             assert checkpoint_dir == str(tmp_path / f"epoch_{e}") and written == e
         else:
             assert checkpoint_dir is None
-    assert ["predicted_final_loss" in m for m, _, _ in reports] == [False] * 9 + [True] * 2
+    assert ["predicted_final_loss" in m for m, _, _ in reports] == [False] * 10 + [True] * 1
     assert 0 < reports[-1][0]["predicted_final_loss"] < 5  # a loss, in loss units
 
 

@@ -102,10 +102,10 @@ def test_one_row_per_epoch_with_the_values_the_trainer_computed(offline, digits,
     gaps = [r["epoch"] for r in rows if "overfit_gap_ratio" in r]  # only on the epochs it fired
     assert gaps and gaps == [s["epoch"] for s in seen.epochs if s["overfit_gap_ratio"] is not None]
 
-    # predicted_final_loss: none before the 10th epoch, then in LOSS units (not -log10):
+    # predicted_final_loss: none for the first 10 epochs, then in LOSS units (not -log10):
     # the exponential fit of the val losses so far, extrapolated to the last epoch
-    assert all("predicted_final_loss" not in row for row in rows[:9])
-    for e in (9, 10, 11):
+    assert all("predicted_final_loss" not in row for row in rows[:10])
+    for e in (10, 11):
         val_losses = [r["val_loss"] for r in rows[:e + 1]]
         slope, intercept = np.polyfit(np.arange(e + 1), np.log(val_losses), 1)
         assert rows[e]["predicted_final_loss"] == pytest.approx(math.exp(intercept + slope * (epochs - 1)), rel=1e-9)

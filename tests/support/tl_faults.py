@@ -40,3 +40,23 @@ class FailOnce(TrainingCallback):
                 content = torch.load(state, weights_only=True)
                 torch.save({**content, "config_hash": "another-experiment"}, state)
         raise RuntimeError(f"FailOnce: crash at the start of epoch {epoch}")
+
+
+class HoldAfterLastEpoch(TrainingCallback):
+    """After a trial's last epoch was reported (and its final checkpoint written), write `marker`
+    and hold the trial for `hold_s` seconds, once: the window in which a test kills the driver,
+    between Tune's record of the last result and the trial's end."""
+
+    def __init__(self, marker: str, hold_s: float = 60.0):
+        self.marker, self.hold_s = Path(marker), hold_s
+        self.last_epoch = -1
+
+    def on_epoch_end(self, trainer, *, epoch, **kwargs):
+        self.last_epoch = epoch
+
+    def on_train_end(self, trainer, **kwargs):
+        import time
+
+        if self.last_epoch == trainer.epochs - 1 and not self.marker.exists():
+            self.marker.write_text(str(self.last_epoch))
+            time.sleep(self.hold_s)

@@ -7,6 +7,7 @@ to each other only through attributes on the trainer (see `Trainer.__init__`), a
 
 from __future__ import annotations
 
+import bisect
 from typing import Any, Iterable
 
 EVENTS = (
@@ -25,13 +26,15 @@ NON_FINITE_STOP = "non_finite_loss"  # the stop reason that makes `Trainer.train
 class TrainingCallback:
     """Base class: every hook is a no-op; override the ones you need.
 
-    `priority` orders callbacks within an event (lower runs first). A callback may run one
-    hook at another priority by naming it in `hook_priority`, e.g. `{"on_epoch_end": 100}`.
+    `priority` orders callbacks within an event (lower runs first); the default, 100, runs a
+    callback after every built-in (5-95), so it reads the shared attributes of the same epoch.
+    A callback may run one hook at another priority by naming it in `hook_priority`, e.g.
+    `{"on_epoch_end": 100}`.
     A callback that wants to end training sets a truthy `stop_reason()` (checked after
     `on_epoch_end`, in priority order).
     """
 
-    priority: int = 50
+    priority: int = 100
     hook_priority: dict[str, int] = {}
 
     def on_train_begin(self, trainer, *, epochs: int, start_epoch: int, **kwargs) -> None:
@@ -67,20 +70,34 @@ def _overrides(callback: TrainingCallback, event: str) -> bool:
 
 
 class CallbackRunner:
-    """Holds callbacks sorted by priority (stable: ties keep insertion order) and fires events."""
+    """Holds callbacks sorted by priority (stable: ties keep insertion order) and fires events.
+
+    `callbacks` is a tuple: a callback joins through `add`, which keeps the priority order and
+    the per-event tables in step (a list appended to behind the runner's back would have its
+    stop signal honoured but its hooks never called).
+    """
 
     def __init__(self, callbacks: Iterable[TrainingCallback] = ()):
-        given = list(callbacks)
-        self.callbacks: list[TrainingCallback] = sorted(given, key=lambda c: c.priority)
+        self.callbacks: tuple[TrainingCallback, ...] = ()
+        self._keys: list[int] = []  # the priority of each of `callbacks`, as it was when added
         # Per event, only the callbacks that override that hook, in the event's order (by
         # `hook_priority` where a callback sets one; ties keep insertion order there too).
-        self._by_event: dict[str, list[TrainingCallback]] = {
-            event: sorted(
-                (c for c in given if _overrides(c, event)),
-                key=lambda c, e=event: c.hook_priority.get(e, c.priority),
-            )
-            for event in EVENTS
-        }
+        self._by_event: dict[str, list[TrainingCallback]] = {event: [] for event in EVENTS}
+        self._event_keys: dict[str, list[int]] = {event: [] for event in EVENTS}
+        for callback in callbacks:
+            self.add(callback)
+
+    def add(self, callback: TrainingCallback) -> None:
+        """Add `callback` after every callback of the same or a lower priority (hook by hook)."""
+        at = bisect.bisect_right(self._keys, callback.priority)
+        self._keys.insert(at, callback.priority)
+        self.callbacks = (*self.callbacks[:at], callback, *self.callbacks[at:])
+        for event in EVENTS:
+            if _overrides(callback, event):
+                key = callback.hook_priority.get(event, callback.priority)
+                at = bisect.bisect_right(self._event_keys[event], key)
+                self._event_keys[event].insert(at, key)
+                self._by_event[event].insert(at, callback)
 
     def fire(self, event_name: str, **kwargs: Any) -> None:
         """Call `event_name` on every callback that implements it, in priority order."""
@@ -100,8 +117,9 @@ class CallbackRunner:
     def stop_reason(self) -> str | None:
         """The first stop reason a callback gives, in priority order, else None.
 
-        A non-finite-loss stop wins over every other reason, whatever the priorities (SPEC §2:
-        NaN wins over early stopping), so `Trainer.train()` then returns inf.
+        A non-finite-loss stop wins over every other reason, whatever the priorities (a NaN run
+        has no result worth keeping, even when early stopping also fired), so `Trainer.train()`
+        then returns inf.
         """
         reasons = [reason for reason in (callback.stop_reason() for callback in self.callbacks) if reason]
         if NON_FINITE_STOP in reasons:

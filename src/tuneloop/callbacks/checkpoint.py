@@ -41,9 +41,9 @@ class CheckpointCallback(TrainingCallback):
         trainer._epoch_checkpoint = None
 
     def on_epoch_end(self, trainer, *, epoch, train_loss, val_loss, metrics, **kwargs):
+        reason = trainer.callbacks.stop_reason()
         due = (epoch + 1) % self.save_every_n_epochs == 0 or epoch == trainer.epochs - 1
         if not due:  # a stop after this epoch makes it the last one (a NaN/inf state is not worth keeping)
-            reason = trainer.callbacks.stop_reason()
             due = bool(reason) and reason != NON_FINITE_STOP
         better = False
         if self.keep_best:
@@ -53,7 +53,8 @@ class CheckpointCallback(TrainingCallback):
             return
         if better:
             self.manager.best_value = float(value)  # before collecting, so the state holds it
-        state = collect_state(trainer, epoch, self.config_hash, val_loss=val_loss)
+        state = collect_state(trainer, epoch, self.config_hash, val_loss=val_loss,
+                              record=trainer.epoch_record(epoch, train_loss, val_loss, metrics), stop_reason=reason)
         written = None
         if due:
             written = self.manager.save_periodic(state, epoch)

@@ -5,7 +5,7 @@ import math
 from tuneloop.callbacks.base import TrainingCallback
 from tuneloop.curves import fit_exponential  # the seed's fit; importable from here too
 
-MIN_HISTORY = 10  # epochs of history before the first fit
+MIN_HISTORY = 10  # epochs without a prediction: the first fit comes at epoch index 10 (the 11th)
 
 
 def neg_log10(loss: float) -> float | None:
@@ -16,7 +16,8 @@ def neg_log10(loss: float) -> float | None:
 
 
 class LossPredictionCallback(TrainingCallback):
-    """From the 10th epoch on, stores -log10 of the predicted final val_loss; None before.
+    """From epoch index 10 on (the 11th epoch), stores -log10 of the predicted final val_loss;
+    None for the first 10 epochs (too little history for a reliable fit).
 
     When the fit is impossible (a loss ≤ 0 or non-finite, or a non-finite result) the
     prediction falls back to -log10(last val_loss), or None when that is undefined too.
@@ -35,7 +36,7 @@ class LossPredictionCallback(TrainingCallback):
         trainer._loss_prediction = self.predict()
 
     def predict(self) -> float | None:
-        if len(self.losses) < MIN_HISTORY:
+        if len(self.losses) <= MIN_HISTORY:
             return None
         try:
             return neg_log10(fit_exponential(self.epochs, self.losses, self.max_epochs - 1))

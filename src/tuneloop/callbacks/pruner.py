@@ -39,14 +39,27 @@ class PrunerCallback(TrainingCallback):
     def on_epoch_end(self, trainer, *, epoch, train_loss, val_loss, metrics, **kwargs):
         record = trainer.epoch_record(epoch, train_loss, val_loss, metrics)
         reason = trainer.callbacks.stop_reason() or ("complete" if epoch == trainer.epochs - 1 else "")
-        record.update(self.static, trial_done=bool(reason), done_reason=reason, reported_at=time.time())
-        self.reports += 1
         try:
-            self.report(record, trainer._epoch_checkpoint)
+            self._send(record, reason, trainer._epoch_checkpoint)
         except SystemExit:  # a scheduler STOP; on_train_end hooks (W&B) see why the trial ended
             # A STOP answering the trial's own last report (ASHA does so at max_t) prunes nothing.
             trainer.stop_reason = reason or PRUNED
             raise
+
+    def report_end(self, record: dict, reason: str) -> None:
+        """Report again the last epoch of a trial restored from the checkpoint of its own end
+        (`record` and `reason` as that checkpoint holds them): it has nothing left to train, and
+        its end reaches Tune, the study and the results as if it had just happened. A STOP in
+        reply changes nothing: the trial is over either way."""
+        try:
+            self._send(dict(record), reason, None)
+        except SystemExit:
+            pass
+
+    def _send(self, record: dict, reason: str, checkpoint_dir: str | None) -> None:
+        record.update(self.static, trial_done=bool(reason), done_reason=reason, reported_at=time.time())
+        self.reports += 1
+        self.report(record, checkpoint_dir)
 
 
 def _tune_report(metrics: dict, checkpoint_dir: str | None) -> None:
