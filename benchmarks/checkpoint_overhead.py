@@ -40,9 +40,10 @@ def experiment(storage: str, model: list[str], epochs: int, save_every: int | No
 
 
 def seconds_per_epoch(cfg) -> float:
-    from tuneloop.sweep import experiment_dir, run_sweep
+    from tuneloop.sweep.paths import experiment_dir
+    from tuneloop.sweep.run import run_sweep
 
-    run_sweep(cfg, file="digits_mlp.yaml", quiet=True, overwrite=True)
+    run_sweep(cfg, quiet=True, overwrite=True)
     [result] = experiment_dir(cfg).glob("trial_*/result.json")
     rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
     times = [row["reported_at"] for row in rows]
@@ -53,9 +54,9 @@ def resume_seconds(cfg) -> tuple[float, float]:
     """Read + restore of the trial's last checkpoint into a freshly built run; and its size in MB."""
     import torch
 
-    from tuneloop.build import build_run
-    from tuneloop.checkpointing import STATE_FILE, load_state, restore_state
-    from tuneloop.sweep import experiment_dir
+    from tuneloop.training.build import build_run
+    from tuneloop.checkpoints import STATE_FILE, load_state, restore_state
+    from tuneloop.sweep.paths import experiment_dir
 
     latest = sorted(experiment_dir(cfg).glob("trial_*/checkpoint_*"))[-1]
     parts = build_run(cfg.run, device=torch.device("cpu"))
@@ -70,7 +71,7 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, nargs="+", default=[1, 5])
     args = parser.parse_args()
 
-    from tuneloop.sweep import ensure_ray
+    from tuneloop.tune.session import ensure_ray
 
     ensure_ray(None)
     storage = tempfile.mkdtemp(prefix="tl-ckpt-bench-")

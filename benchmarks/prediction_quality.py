@@ -9,7 +9,7 @@ needs: it compares trials), without and with the guard.
 Sources: `digits` and `diabetes` — the experiments' configurations trained in this process for
 the full epochs (a fifo sweep: Optuna's RandomSampler over the search space), true final = the
 observed val_loss of the last epoch — or the curves of search_efficiency's fifo sweeps
-(`--from-sweeps`: benchmarks/results/curves_<bench>.json); and `synthetic` (tuneloop.synthetic,
+(`--from-sweeps`: benchmarks/results/curves_<bench>.json); and `synthetic` (tuneloop.tune.synthetic,
 true final = the noise-free loss). Run: `.venv/bin/python benchmarks/prediction_quality.py`
 (about 3 min on 2 cores); writes benchmarks/results/prediction_quality.csv
 (`_sweeps.csv` with `--from-sweeps`).
@@ -39,10 +39,10 @@ def trained_curves(bench: str, n: int, epochs: int, seed: int) -> list[list[floa
     import optuna
     import torch
 
-    from tuneloop.build import build_run
+    from tuneloop.training.build import build_run
     from tuneloop.callbacks import TrainingCallback
     from tuneloop.config import RunConfig, load_experiment
-    from tuneloop.search_space import apply_params, to_optuna
+    from tuneloop.config.search_space import apply_params, to_optuna
 
     overrides = [f"run.epochs={epochs}", "run.checkpoint_config.enabled=false",
                  "run.early_stopping_config.enabled=false", "run.wandb_config.enabled=false"]
@@ -79,7 +79,7 @@ def trained_curves(bench: str, n: int, epochs: int, seed: int) -> list[list[floa
 
 def synthetic_curves(n: int, epochs: int, fidelity: float, noise: float, seed: int):
     """(observed curves, noise-free finals) of `n` random configurations of the synthetic family."""
-    from tuneloop.synthetic import observed_curve, true_final
+    from tuneloop.tune.synthetic import observed_curve, true_final
 
     rng = np.random.default_rng(seed)
     points = rng.random((n, 2))

@@ -9,7 +9,7 @@ of the two budgets, in the order the epochs were reported).
 
 Benches: `digits` (experiments/digits_mlp.yaml, classification), `diabetes`
 (experiments/diabetes_mlp.yaml, regression) — real sweeps through `tuneloop.sweep.run_sweep` on a
-local Ray — and `synthetic` (`tuneloop.synthetic`: no training; "retrained" is the picked
+local Ray — and `synthetic` (`tuneloop.tune.synthetic`: no training; "retrained" is the picked
 configuration's noise-free final loss, regret is that minus the family's best).
 
 Run: `.venv/bin/python benchmarks/search_efficiency.py --bench all` (about 25 min on 2 cores; `--bench
@@ -39,7 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-sys.path.insert(0, str(REPO / "tests"))  # conftest.start_ray / stop_ray: a local Ray in its own temp dir
+sys.path.insert(0, str(REPO / "tests" / "support"))  # tl_ray.start_ray / stop_ray: a local Ray in its own temp dir
 
 SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pfl", "pfl_power_law")  # pfl_*: pfl with other settings
 EXPERIMENTS = {"digits": "digits_mlp.yaml", "diabetes": "diabetes_mlp.yaml"}
@@ -117,10 +117,10 @@ def retrain(cfg, config: dict) -> tuple[float, float]:
     """Train the configuration for the full epochs in this process: (final val_loss, final metric)."""
     import torch
 
-    from tuneloop.build import build_run
+    from tuneloop.training.build import build_run
     from tuneloop.callbacks import TrainingCallback
     from tuneloop.config import RunConfig
-    from tuneloop.search_space import apply_params
+    from tuneloop.config.search_space import apply_params
 
     class LastMetrics(TrainingCallback):
         """Keeps the last epoch's validation metrics."""
@@ -141,14 +141,14 @@ def retrain(cfg, config: dict) -> tuple[float, float]:
 
 
 def run_real(bench: str, scheduler: str, kwargs: dict, seed: int, args) -> dict:
-    from tuneloop.sweep import run_sweep
+    from tuneloop.sweep.run import run_sweep
 
     storage = tempfile.mkdtemp(prefix=f"tlse-{bench}-")
     try:
         cfg = experiment(bench, scheduler, kwargs, seed, args, storage)
         started = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
-            run_sweep(cfg, file=EXPERIMENTS[bench], quiet=True)
+            run_sweep(cfg, quiet=True)
         wall = time.perf_counter() - started
         directory = Path(storage) / cfg.run.name
         trials = read_trials(directory)
@@ -168,7 +168,7 @@ def run_real(bench: str, scheduler: str, kwargs: dict, seed: int, args) -> dict:
 # ---------------------------------------------------------------- synthetic
 
 def run_synth(scheduler: str, kwargs: dict, seed: int, args) -> dict:
-    from tuneloop.synthetic import run_synthetic_sweep
+    from tuneloop.tune.synthetic import run_synthetic_sweep
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         out = run_synthetic_sweep(base(scheduler), kwargs, num_samples=args.samples, epochs=args.epochs,
@@ -318,7 +318,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from conftest import start_ray, stop_ray
+    from tl_ray import start_ray, stop_ray
 
     os.environ.setdefault("WANDB_MODE", "disabled")
     torch.set_num_threads(1)

@@ -113,7 +113,8 @@ def main() -> int:
 
     import optuna
 
-    from tuneloop.sweep import experiment_dir, run_sweep
+    from tuneloop.sweep.paths import experiment_dir
+    from tuneloop.sweep.run import run_sweep
 
     storage = tempfile.mkdtemp(prefix="tuneloop-soak-")
     ray_tmp = tempfile.mkdtemp(prefix="tlsoak-", dir="/tmp")
@@ -135,7 +136,7 @@ def main() -> int:
     sampler.start()
     started = time.monotonic()
     try:
-        status = run_sweep(cfg, file="soak", quiet=True)
+        status = run_sweep(cfg, quiet=True)
     finally:
         sampler.stop.set()
         sampler.join()

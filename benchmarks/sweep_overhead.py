@@ -36,9 +36,9 @@ def in_process(cfg) -> tuple[float, float]:
     import optuna
     import torch
 
-    from tuneloop.build import build_run
+    from tuneloop.training.build import build_run
     from tuneloop.config import RunConfig
-    from tuneloop.search_space import apply_params, to_optuna
+    from tuneloop.config.search_space import apply_params, to_optuna
 
     torch.set_num_threads(1)
     distributions = to_optuna(cfg.sweep.search_space)
@@ -60,10 +60,11 @@ def in_process(cfg) -> tuple[float, float]:
 
 def with_tuneloop(cfg) -> tuple[float, float]:
     """`tuneloop sweep` (embedded local Ray, started and stopped inside the timing)."""
-    from tuneloop.sweep import experiment_dir, run_sweep
+    from tuneloop.sweep.paths import experiment_dir
+    from tuneloop.sweep.run import run_sweep
 
     started = time.perf_counter()
-    run_sweep(cfg, file="digits_mlp.yaml", quiet=True)
+    run_sweep(cfg, quiet=True)
     wall = time.perf_counter() - started
     trained = 0.0
     for result in experiment_dir(cfg).glob("trial_*/result.json"):

@@ -26,7 +26,7 @@ import torch
 from tuneloop.callbacks import (CheckpointCallback, EarlyStoppingCallback, GradientMonitorCallback,
                                 LossPredictionCallback, NaNDetectionCallback, OptimizerModeCallback,
                                 OverfitDetectionCallback, PrunerCallback)
-from tuneloop.data import make_loader
+from tuneloop.training.data import make_loader
 from tuneloop.metrics import accuracy
 from tuneloop.recipes.digits import MLP, load_data
 from tuneloop.trainer import Trainer

@@ -1,9 +1,12 @@
 """Test-wide settings and fixtures.
 
 - W&B offline and silent.
-- `ray_local`: a real local Ray of 2 CPUs in its own temp dir, shut down by the fixture (never
-  `ray stop`); `ray_cluster`: a real multi-node Ray (head without CPUs, two workers of 1 CPU and
-  1 fake GPU). `tests/support` is on PYTHONPATH so trials can import it.
+- `ray_local`: a real local Ray of 2 CPUs in its own temp dir, shared by the tests that use it and
+  shut down by the session (never `ray stop`); `no_ray_running` for a test that needs none;
+  `ray_cluster`: a real multi-node Ray (head without CPUs, two workers of 1 CPU and 1 fake GPU).
+- `ray_tmp`: the Ray temp dir of `tuneloop` subprocesses, whose leftovers are killed by pid.
+- `s3_endpoint`: a moto S3 server on 127.0.0.1 with an empty bucket.
+- `tests/support` (helpers) is on sys.path and PYTHONPATH, so trials can import it too.
 """
 
 import os
@@ -27,35 +30,53 @@ SUPPORT = REPO / "tests" / "support"
 sys.path.insert(0, str(SUPPORT))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")]))
 
+from tl_ray import leftover_ray_processes, start_ray, stop_ray  # noqa: E402  (support/ is on the path now)
+from tl_s3 import BUCKET, CREDENTIALS, free_port  # noqa: E402
+
 
 @pytest.fixture
 def repo_root() -> Path:
     return REPO
 
 
-def start_ray(**kwargs):
-    """ray.init in a fresh short temp dir (Unix socket paths must stay short); returns the dir."""
-    import ray
+class SharedRay:
+    """One local Ray (2 CPUs, a short temp dir of its own) for every test of the session that can
+    share it (`ray_local`): started by the first that asks, kept across modules; stopped for a test
+    that needs none running in this process (`no_ray_running`), started again by the next."""
 
-    temp_dir = tempfile.mkdtemp(prefix="tlray-", dir="/tmp")
-    ray.init(address="local", num_cpus=kwargs.pop("num_cpus", 2), include_dashboard=False, _temp_dir=temp_dir,
-             configure_logging=False, log_to_driver=False, **kwargs)
-    return temp_dir
+    def __init__(self):
+        self.temp_dir = None
+
+    def up(self) -> None:
+        import ray
+
+        if self.temp_dir is None:
+            assert not ray.is_initialized(), "a test left its own Ray running"
+            self.temp_dir = start_ray()
+
+    def down(self) -> None:
+        if self.temp_dir is not None:
+            stop_ray(self.temp_dir)
+            self.temp_dir = None
 
 
-def stop_ray(temp_dir):
-    import ray
+@pytest.fixture(scope="session")
+def shared_ray():
+    shared = SharedRay()
+    yield shared
+    shared.down()
 
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
+
+@pytest.fixture
+def ray_local(shared_ray):
+    """A local Ray with 2 CPUs, shared with the other tests that use it."""
+    shared_ray.up()
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray with 2 CPUs for the tests of one module."""
-    temp_dir = start_ray()
-    yield
-    stop_ray(temp_dir)
+@pytest.fixture
+def no_ray_running(shared_ray):
+    """No Ray runs in this process when the test starts (it starts its own, or checks none starts)."""
+    shared_ray.down()
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -78,7 +99,7 @@ def digits():
 
 
 @pytest.fixture
-def ray_cluster(monkeypatch):
+def ray_cluster(monkeypatch, no_ray_running):
     """Head (0 CPUs) + 2 workers (1 CPU, 1 fake GPU each) in a short temp dir of their own."""
     import ray
     from ray.cluster_utils import Cluster
@@ -109,21 +130,6 @@ def ray_cluster(monkeypatch):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def leftover_ray_processes(ray_tmp: str) -> list[int]:
-    """Pids of the processes whose command line names `ray_tmp` (the Ray a test started there)."""
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if ray_tmp in line]
-
-
-def ray_processes_after(ray_tmp: str, timeout: float = 30.0) -> list[int]:
-    """The Ray processes of `ray_tmp` still alive `timeout` s after its driver was killed (none,
-    normally): each exits once it notices its raylet is gone, sooner or later on a loaded machine."""
-    deadline = time.monotonic() + timeout
-    while (left := leftover_ray_processes(ray_tmp)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return left
-
-
 @pytest.fixture
 def ray_tmp():
     """A short temp dir for the Ray of `tuneloop` subprocesses (RAY_TMPDIR); what is left of that
@@ -136,3 +142,47 @@ def ray_tmp():
         except ProcessLookupError:
             pass
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory):
+    """A moto S3 server on 127.0.0.1 with an empty bucket; AWS credentials set for this process."""
+    import boto3
+
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.create_bucket(Bucket=BUCKET)
+                break
+            except Exception:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+RAY_FIXTURES = {"ray_local", "shared_ray", "ray_tmp", "ray_cluster", "ray_with_fake_gpus", "two_host_cluster"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """`ray` marks every test that starts or joins a Ray (through one of RAY_FIXTURES, or marked by
+    hand): `pytest -m "not ray"` runs the rest in seconds."""
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)

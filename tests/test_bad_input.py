@@ -22,7 +22,6 @@ from typing import Callable
 import pytest
 import yaml
 
-from test_storage import s3_endpoint  # noqa: F401  (fixture: moto_server by pid, for the missing bucket)
 from tuneloop import cli
 
 FILE = "exp.yaml"
@@ -292,7 +291,7 @@ def check_message(err: str, case: Case, file: str = FILE) -> None:
 
 
 @pytest.fixture
-def no_ray(monkeypatch):
+def no_ray(monkeypatch, no_ray_running):
     """`ray.init` fails the test; RAY_ADDRESS unset (a sweep would start its own local Ray)."""
     import ray
 
@@ -375,8 +374,8 @@ def test_cluster_resources_are_checked_against_its_nodes(tmp_path, monkeypatch):
     import ray
 
     from tuneloop.config import validate_experiment
-    from tuneloop.errors import UserError
-    from tuneloop.sweep import check_cluster_resources
+    from tuneloop.config.errors import UserError, in_file
+    from tuneloop.sweep.checks import check_cluster_resources
 
     def experiment(cpu, gpu):
         data = copy.deepcopy(BASE)
@@ -386,23 +385,25 @@ def test_cluster_resources_are_checked_against_its_nodes(tmp_path, monkeypatch):
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 0.0}},
                                                {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}])
     bootstrap = tmp_path / "ray_bootstrap_config.yaml"
-    monkeypatch.setattr("tuneloop.sweep.AUTOSCALER_CONFIG", str(bootstrap))
-    with pytest.raises(UserError) as refused:
-        check_cluster_resources(experiment(1, 0), file=FILE)
+    monkeypatch.setattr("tuneloop.sweep.checks.AUTOSCALER_CONFIG", str(bootstrap))
+    with pytest.raises(UserError) as refused, in_file(FILE):
+        check_cluster_resources(experiment(1, 0))
     assert str(refused.value) == ("exp.yaml: sweep.resources_per_trial: one trial's cpu and gpu must fit on one node "
                                   "of the cluster (its nodes: cpu=0, gpu=0), but got cpu=1, gpu=0")
     bootstrap.write_text(yaml.safe_dump({"available_node_types": {
         "head": {"resources": {"CPU": 0}}, "gpu": {"resources": {"CPU": 4, "GPU": 1}, "max_workers": 4}}}))
-    check_cluster_resources(experiment(4, 1), file=FILE)  # the autoscaler adds a gpu node
+    check_cluster_resources(experiment(4, 1))  # the autoscaler adds a gpu node
     with pytest.raises(UserError, match=r"its nodes and node types: cpu=0, gpu=0; cpu=4, gpu=1\), but got cpu=1, gpu=2"):
-        check_cluster_resources(experiment(1, 2), file=FILE)
+        check_cluster_resources(experiment(1, 2))
     bootstrap.write_text(yaml.safe_dump({"available_node_types": {"head": {}, "gpu": {"max_workers": 4}}}))
-    check_cluster_resources(experiment(1, 2), file=FILE)  # resources detected at start-up: cannot tell
+    check_cluster_resources(experiment(1, 2))  # resources detected at start-up: cannot tell
 
 
-def test_a_cluster_that_cannot_hold_one_trial_is_refused_right_after_connecting(tmp_path, monkeypatch, capsys):
+@pytest.mark.ray
+def test_a_cluster_that_cannot_hold_one_trial_is_refused_right_after_connecting(tmp_path, monkeypatch, capsys,
+                                                                               no_ray_running):
     """`--address`: checked against the cluster's nodes once connected, before the Tuner runs."""
-    from conftest import start_ray, stop_ray
+    from tl_ray import start_ray, stop_ray
 
     monkeypatch.chdir(tmp_path)
     experiment = copy.deepcopy(BASE)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tuneloop import cli
-from tuneloop.checkpointing import load_state
+from tuneloop.checkpoints import load_state
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "experiments" / "digits_mlp.yaml"
@@ -114,7 +114,7 @@ def test_console_script_train(tmp_path):
     assert (tmp_path / "r" / "metrics.csv").exists()
 
 
-def test_sweep_without_a_search_space_is_refused_before_ray_starts(tmp_path, capsys):
+def test_sweep_without_a_search_space_is_refused_before_ray_starts(tmp_path, capsys, no_ray_running):
     import ray
 
     path = tmp_path / "exp.yaml"

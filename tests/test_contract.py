@@ -12,7 +12,7 @@ import torch
 
 import tuneloop.callbacks as callbacks_module
 from tuneloop.callbacks import EVENTS, CallbackRunner, TrainingCallback
-from tuneloop.data import TensorBatches, make_loader
+from tuneloop.training.data import TensorBatches, make_loader
 from tuneloop.trainer import Trainer
 
 # The hooks the seed (seed-callbacks.md, the user's description of the callback system) names, in

@@ -10,7 +10,7 @@ import torch
 from tuneloop.callbacks import (CallbackRunner, EarlyStoppingCallback, GradientMonitorCallback,
                                 LossPredictionCallback, NaNDetectionCallback, OptimizerModeCallback,
                                 OverfitDetectionCallback, TrainingCallback)
-from tuneloop.data import TensorBatches, make_loader
+from tuneloop.training.data import TensorBatches, make_loader
 from tuneloop.metrics import accuracy
 from tuneloop.trainer import Trainer
 from tl_testing import count_reads

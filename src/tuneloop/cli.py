@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tuneloop.errors import EXIT_USER_ERROR, UserError
+from tuneloop.config.errors import EXIT_USER_ERROR, UserError, in_file
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,25 +66,39 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_train(args) -> int:
-    from tuneloop import run
+def load_checked(args, *, scheduler: bool = False):
+    """The experiment of `args` read, overridden and checked (import paths, keyword arguments, the
+    sampler; with `scheduler`, the scheduler's arguments too)."""
     from tuneloop.config import check_imports, load_experiment
+
+    cfg = load_experiment(args.experiment, args.overrides)
+    check_imports(cfg)
+    if scheduler:
+        from tuneloop.tune.schedulers import check_scheduler
+
+        check_scheduler(cfg)
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from tuneloop.training import run
 
     if args.seeds is not None and args.seeds < 1:
         raise UserError("must be at least 1", key="--seeds", value=args.seeds)
-    cfg = load_experiment(args.experiment, args.overrides)
-    check_imports(cfg, file=args.experiment)
+    with in_file(args.experiment):
+        cfg = load_checked(args)
     run_dir = args.output or run.default_run_dir(cfg)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UserError("the run directory must be new or empty", key="--output", value=str(run_dir))
     if args.seeds is not None:
-        from tuneloop.seeds import train_seeds
+        from tuneloop.sweep.seeds import train_seeds
 
-        results = train_seeds(cfg, file=args.experiment, run_dir=run_dir, seeds=args.seeds, device=args.device,
-                              address=args.address)
+        with in_file(args.experiment):
+            results = train_seeds(cfg, run_dir=run_dir, seeds=args.seeds, device=args.device, address=args.address)
         print(f"results in {run_dir} (seeds.csv, seeds.json, seed_<S>/)")
         return 0 if all(r["stop_reason"] != "non_finite_loss" for r in results) else 1
-    result = run.train(cfg, file=args.experiment, run_dir=run_dir, device=args.device)
+    with in_file(args.experiment):
+        result = run.train(cfg, run_dir=run_dir, device=args.device)
     best = f"{result.best_val_loss:.6g} at epoch {result.best_epoch}" if result.best_epoch is not None else "none"
     stop = f" (stopped: {result.stop_reason})" if result.stop_reason else ""
     print(f"final val_loss {result.final_val_loss:.6g}, best val_loss {best}, "
@@ -93,29 +107,27 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from tuneloop import run
-    from tuneloop.config import check_imports, load_experiment
-    from tuneloop.sweep import run_sweep
+    from tuneloop.sweep.run import run_sweep
+    from tuneloop.training.preflight import preflight
 
-    cfg = load_experiment(args.experiment, args.overrides)
-    check_imports(cfg, file=args.experiment)
-    run.preflight(cfg, file=args.experiment, device="cpu")  # one batch, before Ray starts (cheap)
-    return run_sweep(cfg, file=args.experiment, address=args.address, quiet=args.quiet, overwrite=args.overwrite)
+    with in_file(args.experiment):
+        cfg = load_checked(args, scheduler=True)
+        preflight(cfg, device="cpu")  # one batch, before Ray starts (cheap)
+        return run_sweep(cfg, address=args.address, quiet=args.quiet, overwrite=args.overwrite)
 
 
 def cmd_resume(args) -> int:
-    from tuneloop.sweep import resume_sweep
+    from tuneloop.sweep.resume import resume_sweep
 
     return resume_sweep(args.directory, address=args.address, quiet=args.quiet)
 
 
 def cmd_validate(args) -> int:
-    from tuneloop import run
-    from tuneloop.config import check_imports, load_experiment
+    from tuneloop.training.preflight import preflight
 
-    cfg = load_experiment(args.experiment, args.overrides)
-    check_imports(cfg, file=args.experiment)
-    report = run.preflight(cfg, file=args.experiment, device=args.device)
+    with in_file(args.experiment):
+        cfg = load_checked(args, scheduler=True)
+        report = preflight(cfg, device=args.device)
     print(f"{args.experiment}: valid. One batch on {report['device']}: input {report['input_shape']} → "
           f"output {report['output_shape']}, target {report['target_shape']}, loss {report['loss']:.4g}; "
           f"{report['train_samples']} train / {report['val_samples']} val samples, "
@@ -124,7 +136,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from tuneloop.report import report
+    from tuneloop.reporting.report import report
 
     if args.top_k < 1:
         raise UserError("must be at least 1", key="--top-k", value=args.top_k)
@@ -132,7 +144,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
-    from tuneloop.dashboard import dashboard
+    from tuneloop.reporting.dashboard import dashboard
 
     if not 0 < args.port < 65536:
         raise UserError("must be a port number, 1 to 65535", key="--port", value=args.port)
@@ -140,7 +152,7 @@ def cmd_dashboard(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from tuneloop.doctor import doctor
+    from tuneloop.reporting.doctor import doctor
 
     return doctor(args.address)
 

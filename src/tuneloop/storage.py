@@ -6,9 +6,10 @@ variables; the endpoint from `AWS_ENDPOINT_URL` or `sweep.s3_endpoint`). On a cl
 lets a trial resume on another node.
 
 The driver's own files (`experiment.yaml`, the Optuna study `optuna.db`, scheduler state,
-`results.csv`, `best.yaml`) are local: in the experiment directory itself when storage is local,
-else in `<sweep.local_dir>/<run.name>/`, copied to the storage at the end of every run of the
-sweep. `Storage` reads and writes the storage's files the same way for both, through pyarrow.
+`results.csv`, `best.yaml`: their names are in `tuneloop.sweep.paths`) are local: in the
+experiment directory itself when storage is local, else in `<sweep.local_dir>/<run.name>/`,
+copied to the storage at the end of every run of the sweep. `Storage` reads and writes the
+storage's files the same way for both, through pyarrow; `SweepPlace` says where both are.
 """
 
 from __future__ import annotations
@@ -17,49 +18,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tuneloop.checkpointing import atomic_write_bytes
-
-STUDY_FILE = "optuna.db"
-DRIVER_FILES = ("experiment.yaml", STUDY_FILE, "results.csv", "best.yaml", "sweep_done",
-                "pfl_state.json", "asha_state.pkl")
-
-_driver_dir: Path | None = None  # the local directory of the sweep this driver runs or resumes
-_experiment: "Storage | None" = None  # and its experiment directory on Tune's storage
+from tuneloop._io import atomic_write_bytes
 
 
-def use_sweep(directory: Path, experiment: "Storage") -> None:
-    """Set where `driver_path` and `experiment_in_use` point for the sweep this process runs now."""
-    global _driver_dir, _experiment
-    _driver_dir, _experiment = Path(directory), experiment
+# The files of a trial's directory that several layers read: Tune's (its JsonLoggerCallback's and
+# CSVLoggerCallback's rows, a failed trial's traceback) and tuneloop's record of every epoch.
+TRIAL_RESULTS, TRIAL_PROGRESS, TRIAL_ERROR = "result.json", "progress.csv", "error.txt"
+METRICS_FILE = "metrics.csv"
 
 
-def experiment_in_use() -> "Storage":
-    """The experiment directory on Tune's storage of the sweep in progress (see `driver_path`)."""
-    if _experiment is None:
-        raise RuntimeError("no sweep is in progress in this process (use_sweep was not called)")
-    return _experiment
+@dataclass(frozen=True)
+class SweepPlace:
+    """Where a sweep's files are now, handed to the searcher, the schedulers and the callbacks that
+    keep files (`bind(place)`): after a resume the experiment may live elsewhere than where Tune
+    pickled them, so they hold names, never these paths."""
 
-
-def driver_path(name: str) -> Path:
-    """`name` in the local directory of the sweep in progress.
-
-    The searcher, the schedulers and the study recorder are pickled by Tune (`tuner.pkl`, the
-    searcher's state) and unpickled by a later `tuneloop resume`, perhaps after the directory was
-    moved or fetched onto another machine: they keep file names and look the directory up here.
-    """
-    if _driver_dir is None:
-        raise RuntimeError("no sweep is in progress in this process (use_sweep was not called)")
-    return _driver_dir / name
-
-
-def state_file(path: str) -> Path:
-    """A state file's path: as given when absolute, else in the sweep's local directory."""
-    return Path(path) if Path(path).is_absolute() else driver_path(path)
-
-
-def study_url(url: str | None) -> str:
-    """The Optuna storage URL: `sweep.optuna_storage`, else the sweep's own `optuna.db`."""
-    return url or f"sqlite:///{driver_path(STUDY_FILE)}"
+    directory: Path  # the driver's local directory (experiment.yaml, optuna.db, scheduler state, results)
+    storage: "Storage"  # Tune's experiment directory on its storage (the same directory when local)
+    study_url: str  # the Optuna storage URL: sweep.optuna_storage, else directory/optuna.db
 
 
 def is_remote(storage_path: str) -> bool:
@@ -101,6 +77,13 @@ class Storage:
         root = f"{path.rstrip('/')}/{name}"
         uri = f"{sweep.storage_path.rstrip('/')}/{name}" if is_remote(sweep.storage_path) else root
         return cls(filesystem, root, uri)
+
+    @classmethod
+    def local(cls, directory) -> "Storage":
+        """A local directory as a Storage."""
+        import pyarrow.fs
+
+        return cls(pyarrow.fs.LocalFileSystem(), str(directory), str(directory))
 
     @property
     def is_local(self) -> bool:

@@ -12,8 +12,8 @@ from torch import nn
 
 from tuneloop.callbacks import (CheckpointCallback, EarlyStoppingCallback, NaNDetectionCallback,
                                 TrainingCallback)
-from tuneloop.checkpointing import load_state
-from tuneloop.data import TensorBatches
+from tuneloop.checkpoints import load_state
+from tuneloop.training.data import TensorBatches
 from tuneloop.trainer import Trainer
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tuneloop.callbacks import GradientMonitorCallback, TrainingCallback
-from tuneloop.data import TensorBatches
+from tuneloop.training.data import TensorBatches
 from tuneloop.trainer import Trainer
 from tl_testing import count_reads
 

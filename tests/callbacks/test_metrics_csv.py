@@ -10,8 +10,8 @@ from torch import nn
 
 from tuneloop.callbacks import CheckpointCallback, LossPredictionCallback
 from tuneloop.callbacks.metrics_csv import MetricsCsvCallback
-from tuneloop.checkpointing import load_state, restore_state
-from tuneloop.data import TensorBatches
+from tuneloop.checkpoints import load_state, restore_state
+from tuneloop.training.data import TensorBatches
 from tuneloop.trainer import Trainer
 
 EPOCHS = 12

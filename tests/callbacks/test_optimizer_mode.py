@@ -6,7 +6,7 @@ import torch
 from pytorch_optimizer import SPlus
 
 from tuneloop.callbacks import OptimizerModeCallback, TrainingCallback
-from tuneloop.data import TensorBatches
+from tuneloop.training.data import TensorBatches
 from tuneloop.trainer import Trainer
 
 OPTIMIZERS = pytest.mark.parametrize("make_optimizer", [

@@ -12,7 +12,7 @@ import torch
 from tuneloop.callbacks import (CheckpointCallback, EarlyStoppingCallback, GradientMonitorCallback,
                                 LossPredictionCallback, NaNDetectionCallback, OverfitDetectionCallback,
                                 PrunerCallback, TrainingCallback)
-from tuneloop.checkpointing import load_state
+from tuneloop.checkpoints import load_state
 from tl_testing import digits_trainer
 
 

@@ -89,7 +89,7 @@ class EpochLog(TrainingCallback):
 
 def digits_trainer(digits, callbacks, lr=0.05):
     """A small seeded Trainer on the digits (train, val) datasets, with its two loaders."""
-    from tuneloop.data import make_loader
+    from tuneloop.training.data import make_loader
     from tuneloop.metrics import accuracy
     from tuneloop.recipes.digits import MLP
     from tuneloop.trainer import Trainer

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuneloop.callbacks.base import NON_FINITE_STOP, TrainingCallback
-from tuneloop.checkpointing import STATE_FILE, CheckpointManager, collect_state
+from tuneloop.checkpoints import STATE_FILE, CheckpointManager, collect_state
 
 
 class CheckpointCallback(TrainingCallback):

@@ -30,7 +30,7 @@ class GradientMonitorCallback(TrainingCallback):
         if grads:  # a few small device ops per step; the epoch's max is read once, at epoch end
             # The total per step (not the per-parameter norms), since the set of parameters with
             # a gradient may change from step to step (a branch the forward pass skips).
-            self._norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+            self._norms.append(torch.nn.utils.get_total_norm(grads))
 
     def on_epoch_end(self, trainer, *, epoch, **kwargs):
         if not self._norms:

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 from tuneloop.callbacks.base import TrainingCallback
-from tuneloop.checkpointing import atomic_write_text
+from tuneloop._io import atomic_write_text
 
 
 class MetricsCsvCallback(TrainingCallback):

@@ -1,0 +1,153 @@
+"""Resolving import paths from experiment files and checking keyword arguments against signatures
+(of the user's data, model, optimizer, schedule, criterion, metrics and callbacks, and the sampler).
+
+Import paths in an experiment file run code when resolved, exactly like a Python script would.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Callable, Iterable
+
+from tuneloop.config.errors import UserError
+from tuneloop.config.schema import ExperimentConfig
+
+
+def resolve(path: str, *, key: str) -> Any:
+    """The object at `package.module.Name[.attr]`, or a UserError naming `key`."""
+    parts = path.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:split])
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+                continue  # a shorter prefix may be the module
+            raise UserError(f"importing {module_name} failed: {exc}", key=key, value=path) from None
+        except Exception as exc:  # the user's module raised while importing
+            raise UserError(f"importing {module_name} raised {type(exc).__name__}: {exc}",
+                            key=key, value=path) from None
+        obj = module
+        for index, part in enumerate(parts[split:], start=split):
+            if not hasattr(obj, part):
+                public = sorted(n for n in dir(obj) if not n.startswith("_"))
+                raise UserError(f"{'.'.join(parts[:index])} has no attribute {part!r}", key=key,
+                                value=path, choices=public if len(public) <= 60 else None)
+            obj = getattr(obj, part)
+        return obj
+    raise UserError(f"must be an importable path like package.module.Name (no module named "
+                    f"{parts[0]!r})", key=key, value=path)
+
+
+def accepted_kwargs(fn: Callable) -> tuple[list[str], list[str], bool]:
+    """(all keyword names, required keyword names, takes **kwargs) of a callable or class."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return [], [], True
+    names, required, var_kw = [], [], False
+    for param in signature.parameters.values():
+        if param.kind is param.VAR_KEYWORD:
+            var_kw = True
+        elif param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            names.append(param.name)
+            if param.default is param.empty:
+                required.append(param.name)
+    return names, required, var_kw
+
+
+def check_kwargs(fn: Callable, kwargs: Iterable[str], *, key: str, path: str,
+                 supplied: Iterable[str] = (), check_required: bool = True, strict: bool = False) -> None:
+    """Every name in `kwargs` is a keyword argument of `fn`; required ones are given.
+
+    `supplied` names are passed by tuneloop itself (e.g. an optimizer's `params`). With
+    `strict`, a `**kwargs` catch-all beside named arguments does not admit other names
+    (pytorch_optimizer's optimizers take `**kwargs` and silently drop typos).
+    """
+    names, required, var_kw = accepted_kwargs(fn)
+    if strict and var_kw and any(n not in supplied and n != "self" for n in names):
+        var_kw = False
+    supplied = set(supplied)
+    valid = [n for n in names if n not in supplied and n != "self"]
+    for name in kwargs:
+        if name not in names and not var_kw:
+            if not valid:
+                raise UserError(f"{path} takes no keyword arguments", key=f"{key}.{name}", value=name)
+            raise UserError(f"unknown keyword argument of {path}", key=f"{key}.{name}", value=name,
+                            choices=valid)
+    if check_required:
+        missing = [n for n in required if n not in supplied and n not in set(kwargs) and n != "self"]
+        if missing:
+            raise UserError(f"{path} requires keyword argument(s) {', '.join(missing)}", key=key,
+                            value=dict.fromkeys(kwargs, "...") or {})
+
+
+# (section, arguments tuneloop passes itself, library code whose **kwargs must not hide typos)
+RUN_SECTIONS = (("data", (), False), ("net", (), False), ("optimizer", ("params",), True),
+                ("scheduler", ("optimizer",), True), ("criterion", (), True))
+
+
+def resolve_run(run, *, extra_keys: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Resolve the import paths of a RunConfig and check their keyword arguments.
+
+    Returns {"data", "net", "optimizer", "scheduler", "criterion": callables, "metrics": {name: fn},
+    "callbacks": [classes]}. `extra_keys[section]` are keyword names set later (by a search space).
+    """
+    from tuneloop.metrics import BUILTIN
+
+    extra_keys = extra_keys or {}
+    resolved: dict[str, Any] = {"scheduler": None}
+    for section, supplied, strict in RUN_SECTIONS:
+        path = getattr(run, section)
+        if path is None:
+            continue
+        obj = resolve(path, key=f"run.{section}")
+        if not callable(obj):
+            raise UserError("must name a class or function", key=f"run.{section}", value=path)
+        kwargs = list(getattr(run, f"{section}_config")) + list(extra_keys.get(f"{section}_config", ()))
+        check_kwargs(obj, kwargs, key=f"run.{section}_config", path=path, supplied=supplied, strict=strict)
+        resolved[section] = obj
+    resolved["metrics"] = {name.rsplit(".", 1)[-1]: BUILTIN.get(name) or resolve(name, key="run.metrics")
+                           for name in run.metrics}
+    resolved["callbacks"] = []
+    for index, spec in enumerate(run.callbacks):
+        cls = resolve(spec.class_, key=f"run.callbacks.{index}.class")
+        check_kwargs(cls, spec.kwargs, key=f"run.callbacks.{index}", path=spec.class_)
+        resolved["callbacks"].append(cls)
+    return resolved
+
+
+def _space_keys(cfg: ExperimentConfig, section: str) -> list[str]:
+    """Sub-keys of `run.<section>` that the search space sets (they are kwargs too)."""
+    prefix = f"{section}."
+    return [k[len(prefix):] for k in cfg.sweep.search_space if k.startswith(prefix)]
+
+
+def check_imports(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Resolve every import path of `run`, check keyword arguments (search-space keys included)
+    and the sampler; return the resolved objects. Runs the user's modules, like a Python script.
+    (The scheduler's keyword arguments are Ray Tune's: `tuneloop.tune.schedulers.check_scheduler`.)"""
+    sections = ("data_config", "net_config", "optimizer_config", "scheduler_config", "criterion_config")
+    try:
+        resolved = resolve_run(cfg.run, extra_keys={s: _space_keys(cfg, s) for s in sections})
+        _check_sampler(cfg)
+        return resolved
+    except UserError as error:
+        dotted = (error.key or "").removeprefix("run.")
+        head, _, name = dotted.partition(".")
+        if dotted in cfg.sweep.search_space and name not in (getattr(cfg.run, head, None) or {}):
+            error.key = f"sweep.search_space.{dotted}"  # the name came from the search space, not from run
+        raise error from None
+
+
+def _check_sampler(cfg: ExperimentConfig) -> None:
+    import optuna
+
+    sampler = cfg.sweep.sampler
+    valid = sorted(n for n in dir(optuna.samplers) if n.endswith("Sampler") and n != "BaseSampler")
+    if sampler.name not in valid:
+        raise UserError("must name a sampler class of optuna.samplers", key="sweep.sampler.name",
+                        value=sampler.name, choices=valid)
+    check_kwargs(getattr(optuna.samplers, sampler.name), sampler.kwargs, key="sweep.sampler",
+                 path=f"optuna.samplers.{sampler.name}", check_required=False)

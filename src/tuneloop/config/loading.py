@@ -1,0 +1,108 @@
+"""Reading an experiment file: YAML, `--set` overrides, validation, and every schema error stated
+as one line (file, key path, rule, value, valid choices)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from tuneloop.config.errors import UserError, Verbatim
+from tuneloop.config.overrides import apply_override
+from tuneloop.config.yaml12 import parse_yaml
+from tuneloop.config.schema import (DEVICE_PATTERN, DEVICES, IMPORT_PATH, PARAM_TYPES, RULES, ExperimentConfig,
+                                    _KeyedError)
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read, override and validate an experiment file; raise UserError on any mistake."""
+    file = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise UserError("experiment file does not exist", file=file) from None
+    except OSError as exc:
+        raise UserError(f"cannot read experiment file ({exc.strerror})", file=file) from None
+    raw = parse_yaml(text, file=file)
+    if not isinstance(raw, dict):
+        raise UserError("an experiment file must be a mapping with keys run and sweep", file=file,
+                        value=type(raw).__name__, choices=["run", "sweep"])
+    overridden = {apply_override(raw, assignment, file=file): assignment for assignment in overrides}
+    return validate_experiment(raw, file=file, overridden=overridden)
+
+
+def validate_experiment(raw: dict, *, file: str, overridden: dict[str, str] | None = None) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        error = _translate(exc.errors()[0], file=file)
+        for key, assignment in (overridden or {}).items():
+            if error.key and (error.key == key or error.key.startswith(key + ".")
+                              or key.startswith(error.key + ".")):
+                error.at(origin=f"--set {assignment}")
+        raise error from None
+
+
+def _translate(error: dict, *, file: str) -> UserError:
+    """One pydantic error → a UserError with key path, rule, value and choices."""
+    context = error.get("ctx") or {}
+    raised = context.get("error")
+    if isinstance(raised, _KeyedError):  # its key is relative to the model that raised it
+        key = ".".join([*map(str, error["loc"]), raised.key])
+        return UserError(raised.rule, file=file, key=key, value=raised.value, choices=raised.choices)
+    loc = _clean_loc(error["loc"])
+    key = ".".join(str(part) for part in loc)
+    kind, value = error["type"], error.get("input", ...)
+    if kind == "extra_forbidden":
+        return UserError("unknown key", file=file, key=key, value=loc[-1], choices=_fields_at(error["loc"][:-1]))
+    if kind == "missing":
+        return UserError("required key is missing", file=file, key=key)
+    if kind == "literal_error":
+        expected = context.get("expected", "")
+        return UserError("must be one of the valid choices", file=file, key=key, value=value,
+                         choices=re.findall(r"'([^']*)'", expected) or [expected])
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tags = re.findall(r"'([^']*)'", str(context.get("expected_tags", "")))
+        return UserError("type must be one of the valid choices", file=file, key=f"{key}.type",
+                         value=context.get("tag", ...), choices=tags)
+    if kind == "string_pattern_mismatch" and context.get("pattern") == DEVICE_PATTERN:
+        return UserError("must be a device name", file=file, key=key, value=value, choices=DEVICES)
+    if kind == "string_pattern_mismatch" and context.get("pattern") == IMPORT_PATH:
+        return UserError("must be an import path like package.module.Name", file=file, key=key, value=value)
+    if kind == "value_error":
+        message = str(raised) if raised is not None else error["msg"]
+        rule, _, got = message.partition(", but got ")
+        return UserError(rule, file=file, key=key, value=Verbatim(got) if got else value)
+    if kind in RULES:
+        return UserError(RULES[kind].format(**context), file=file, key=key, value=value)
+    rule = error["msg"][0].lower() + error["msg"][1:]
+    return UserError(rule, file=file, key=key, value=value)
+
+
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """Drop pydantic's union-tag element after a search-space key (…, 'lr', 'float', 'low')."""
+    loc = list(loc)
+    if len(loc) >= 4 and loc[:2] == ["sweep", "search_space"] and loc[3] in ("float", "int", "categorical"):
+        del loc[3]
+    return tuple(loc)
+
+
+def _fields_at(loc: tuple) -> list[str] | None:
+    """Valid keys of the schema model found at `loc`, for 'unknown key' messages."""
+    if len(loc) == 4 and loc[:2] == ("sweep", "search_space"):
+        return list(PARAM_TYPES[loc[3]].model_fields)
+    model: Any = ExperimentConfig
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        model = next((a for a in getattr(annotation, "__args__", (annotation,))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return list(model.model_fields) if model is not None else None

@@ -1,0 +1,355 @@
+"""The typed experiment schema: `run` (what one trial trains) and `sweep` (how Ray Tune searches).
+
+Each model checks what it can on its own (types, ranges, the search space against the fields of
+`run` it sets); a failure carries its key path (`_KeyedError`) so that `tuneloop.config.loading`
+states it as one line: file, key, rule, value, valid choices.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt,
+                      PositiveFloat, PositiveInt, TypeAdapter, ValidationError, field_validator, model_validator)
+
+from tuneloop.config.schedulers import NAMES as SCHEDULER_NAMES
+from tuneloop.metrics import BUILTIN as BUILTIN_METRICS
+
+IMPORT_PATH = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$"
+ImportPath = Annotated[str, Field(pattern=IMPORT_PATH)]
+SCHEDULERS = SCHEDULER_NAMES  # sweep.scheduler.name (tuneloop.config.schedulers)
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?|mps)$"
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# --- run: what one trial trains -----------------------------------------------------------
+
+class EarlyStoppingConfig(Strict):
+    enabled: bool = True
+    patience: PositiveInt = 20
+    mode: Literal["min", "max"] = "min"
+    min_delta: NonNegativeFloat = 1e-4
+    monitor: str = "val_loss"
+
+
+class CheckpointConfig(Strict):
+    enabled: bool = True
+    save_every_n_epochs: PositiveInt = 1
+    keep_last_k: PositiveInt = 3
+    monitor: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+
+
+class GradientMonitorConfig(Strict):
+    enabled: bool = True
+    warn_threshold: PositiveFloat = 1e4
+
+
+class OverfitConfig(Strict):
+    enabled: bool = True
+    warmup_epochs: NonNegativeInt = 5
+    window_size: PositiveInt = 5
+
+
+class WandbConfig(Strict):
+    enabled: bool = False
+    project: str = "tuneloop"
+    entity: str | None = None
+    mode: Literal["offline", "online"] = "offline"
+    tags: list[str] = []
+
+
+class CallbackSpec(BaseModel):
+    """A user callback: `{class: my.module.MyCallback, **kwargs}`."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    class_: ImportPath = Field(alias="class")
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.model_extra or {})
+
+
+class RunConfig(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    data: ImportPath
+    data_config: dict[str, Any] = {}
+    net: ImportPath
+    net_config: dict[str, Any] = {}
+    optimizer: ImportPath
+    optimizer_config: dict[str, Any] = {}
+    scheduler: ImportPath | None = None
+    scheduler_config: dict[str, Any] = {}
+    criterion: ImportPath = "torch.nn.CrossEntropyLoss"
+    criterion_config: dict[str, Any] = {}
+    metrics: list[str] = []
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    val_batch_size: PositiveInt = 1024
+    seed: int = 0
+    device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = "auto"
+    early_stopping_config: EarlyStoppingConfig = EarlyStoppingConfig()
+    checkpoint_config: CheckpointConfig = CheckpointConfig()
+    gradient_monitor_config: GradientMonitorConfig = GradientMonitorConfig()
+    overfit_config: OverfitConfig = OverfitConfig()
+    wandb_config: WandbConfig = WandbConfig()
+    callbacks: list[CallbackSpec] = []
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_named(cls, metrics: list[str]) -> list[str]:
+        for name in metrics:
+            if name not in BUILTIN_METRICS and not re.match(IMPORT_PATH, name):
+                raise ValueError(f"a metric must be a built-in name or an import path; valid choices: "
+                                 f"{', '.join(BUILTIN_METRICS)}, or package.module.function, but got {name!r}")
+        return metrics
+
+    def metric_keys(self) -> list[str]:
+        """Names of the reported metrics that a sweep or a monitor may use."""
+        return ["val_loss", "train_loss"] + [f"val_{m.rsplit('.', 1)[-1]}" for m in self.metrics]
+
+    @model_validator(mode="after")
+    def _monitors_exist(self) -> "RunConfig":
+        keys = self.metric_keys()
+        for section in ("early_stopping_config", "checkpoint_config"):
+            monitor = getattr(self, section).monitor
+            if monitor not in keys:
+                raise _KeyedError(f"{section}.monitor", "must name a reported metric", monitor, keys)
+        return self
+
+
+# --- sweep: how Ray Tune searches ---------------------------------------------------------
+
+class _RangeParam(Strict):
+    """A numeric range: low < high, low > 0 when log, log and step exclusive."""
+
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self):
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+
+class FloatParam(_RangeParam):
+    type: Literal["float"]
+    low: float
+    high: float
+    step: PositiveFloat | None = None
+
+
+class IntParam(_RangeParam):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: PositiveInt | None = None
+
+
+class CategoricalParam(Strict):
+    type: Literal["categorical"]
+    choices: list[Any]
+
+    @field_validator("choices")
+    @classmethod
+    def _choices(cls, choices: list[Any]) -> list[Any]:
+        if not choices:
+            raise ValueError("at least one choice must be given, but got []")
+        for choice in choices:
+            if choice is not None and not isinstance(choice, (bool, int, float, str)):
+                raise ValueError("each choice must be null, true/false, a number or a string (what Optuna's "
+                                 f"CategoricalDistribution stores), but got {choice!r} in {choices}")
+        kinds = {_kind(c) for c in choices if c is not None}  # null may join any one type (optional)
+        if len(kinds) > 1:
+            raise ValueError(f"choices must all be of one type (null aside), but got types {sorted(kinds)} "
+                             f"in {choices}")
+        if len({repr(c) for c in choices}) != len(choices):
+            raise ValueError(f"choices must be distinct, but got {choices}")
+        return choices
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
+
+
+def _check_range(low, high, log, step) -> None:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"low and high must be finite, but got low={low}, high={high}")
+    if not low < high:
+        raise ValueError(f"low < high must hold, but got low={low}, high={high}")
+    if log and low <= 0:
+        raise ValueError(f"low > 0 must hold when log is true, but got low={low}")
+    if log and step is not None:
+        raise ValueError(f"log and step cannot be used together, but got log=true, step={step}")
+
+
+Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+PARAM_TYPES = {"float": FloatParam, "int": IntParam, "categorical": CategoricalParam}
+
+
+class SamplerConfig(BaseModel):
+    """`optuna.samplers.<name>(**rest)`."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "TPESampler"
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.model_extra or {})
+
+
+class SchedulerConfig(BaseModel):
+    """A trial scheduler by name with its keyword arguments."""
+
+    model_config = ConfigDict(extra="allow")
+    name: Literal[SCHEDULERS] = "asha"
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.model_extra or {})
+
+
+class ResourcesConfig(Strict):
+    cpu: PositiveFloat = 1
+    gpu: NonNegativeFloat = 0
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, gpu: float) -> float:
+        if gpu > 1 and gpu != int(gpu):
+            raise ValueError(f"a gpu share above 1 must be a whole number, but got {gpu}")
+        return gpu
+
+
+class SweepConfig(Strict):
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    num_samples: PositiveInt = 16
+    max_concurrent_trials: PositiveInt = 2
+    sampler: SamplerConfig = SamplerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    resources_per_trial: ResourcesConfig = ResourcesConfig()
+    storage_path: str = "./results"     # Tune's storage: a local directory or s3://bucket/prefix
+    s3_endpoint: str | None = None      # e.g. http://127.0.0.1:9000 (else AWS_ENDPOINT_URL or AWS)
+    local_dir: str = "./results"        # the driver's files when storage_path is remote
+    optuna_storage: str | None = None
+    max_failures: NonNegativeInt = 2
+    search_space: dict[str, Param] = {}
+
+    @model_validator(mode="after")
+    def _storage(self) -> "SweepConfig":
+        scheme = self.storage_path.partition("://")[0] if "://" in self.storage_path else ""
+        if scheme not in ("", "file", "s3"):
+            raise _KeyedError("storage_path", "must be a local directory or an s3:// URI",
+                              self.storage_path, ["./results", "/shared/nfs/results", "s3://bucket/prefix"])
+        if scheme == "s3" and not self.storage_path.removeprefix("s3://").strip("/"):
+            raise _KeyedError("storage_path", "an s3:// URI must name a bucket", self.storage_path,
+                              ["s3://bucket", "s3://bucket/prefix"])
+        if self.s3_endpoint is not None:
+            if scheme != "s3":
+                raise _KeyedError("s3_endpoint", "is only used with an s3:// storage_path",
+                                  self.s3_endpoint, ["null"])
+            # no user:password@ (credentials would be written to experiment.yaml): AWS_* variables
+            if not re.fullmatch(r"https?://[^/\s@]+/?", self.s3_endpoint):
+                raise _KeyedError("s3_endpoint", "must be http(s)://host[:port] (credentials come from the AWS_* "
+                                  "variables, never from the file)", self.s3_endpoint,
+                                  ["http://127.0.0.1:9000", "https://s3.example.com"])
+        return self
+
+
+class ExperimentConfig(Strict):
+    run: RunConfig
+    sweep: SweepConfig = SweepConfig()
+
+    @model_validator(mode="after")
+    def _sweep_refers_to_run(self) -> "ExperimentConfig":
+        keys = self.run.metric_keys()
+        if self.sweep.metric not in keys:
+            raise _KeyedError("sweep.metric", "must name a reported metric", self.sweep.metric, keys)
+        for dotted, param in self.sweep.search_space.items():
+            _check_run_key(self.run, dotted)
+            _check_run_values(self.run, dotted, param)
+        return self
+
+
+def _check_run_key(run: RunConfig, dotted: str) -> None:
+    """A search-space key must reach a field of `run` (free-form `*_config` dicts take any sub-key)."""
+    key = f"sweep.search_space.{dotted}"
+    head, _, rest = dotted.partition(".")
+    fields = [f for f in RunConfig.model_fields if f not in ("name", "callbacks")]
+    if head not in fields:
+        raise _KeyedError(key, "must be a dotted path into run", dotted, fields)
+    value = getattr(run, head)
+    if isinstance(value, BaseModel):
+        sub = list(type(value).model_fields)
+        if rest not in sub:
+            raise _KeyedError(key, f"run.{head} has no key {rest!r}", dotted, [f"{head}.{s}" for s in sub])
+    elif rest and not isinstance(value, dict):
+        raise _KeyedError(key, f"run.{head} is not a mapping", dotted, fields)
+    elif not rest and isinstance(value, dict):
+        raise _KeyedError(key, f"run.{head} is a mapping: name one of its keys", dotted,
+                          [f"{head}.{k}" for k in value])
+
+
+def _check_run_values(run: RunConfig, dotted: str, param) -> None:
+    """Every value a search-space parameter can take must be valid for the typed field of `run` it
+    sets (`batch_size`, `epochs`, `early_stopping_config.patience`, ...): a trial would fail on it.
+    Free-form `*_config` dicts are checked against the user's code by `check_imports`/the preflight."""
+    head, _, rest = dotted.partition(".")
+    value = getattr(run, head)
+    model, name = (type(value), rest) if isinstance(value, BaseModel) else (RunConfig, head)
+    if isinstance(value, dict) or name not in model.model_fields:
+        return
+    field = model.model_fields[name]
+    adapter = TypeAdapter(Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation)
+    if isinstance(param, CategoricalParam):
+        candidates = [("choices", choice) for choice in param.choices]
+    else:
+        candidates = [("low", param.low), ("high", param.high)]
+        if isinstance(param, FloatParam) and param.step is None:  # a float between the bounds
+            candidates.append(("type", param.low + (param.high - param.low) * 0.371))
+    for where, candidate in candidates:
+        try:
+            adapter.validate_python(candidate)
+        except ValidationError as exc:
+            detail = exc.errors()[0]
+            kind = detail["type"]
+            rule = RULES[kind].format(**(detail.get("ctx") or {})) if kind in RULES else detail["msg"]
+            if kind == "string_pattern_mismatch" and (detail.get("ctx") or {}).get("pattern") == DEVICE_PATTERN:
+                rule = "must be a device name: " + ", ".join(DEVICES)
+            if where == "type":
+                raise _KeyedError(f"sweep.search_space.{dotted}.type", f"run.{dotted} {rule}: every value between low "
+                                  "and high must be valid for it (use type: int)", candidate, ["int"]) from None
+            raise _KeyedError(f"sweep.search_space.{dotted}.{where}", f"every value must be valid for run.{dotted}, "
+                              f"which {rule}", candidate) from None
+
+
+class _KeyedError(ValueError):
+    """A validation failure that knows its own key path (raised inside model validators)."""
+
+    def __init__(self, key: str, rule: str, value: Any, choices=None):
+        self.key, self.rule, self.value, self.choices = key, rule, value, choices
+        super().__init__(f"{rule}, but got {value!r}")
+
+
+RULES = {  # pydantic error type → the rule as we state it
+    "int_parsing": "must be an integer", "int_type": "must be an integer",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number", "float_type": "must be a number",
+    "bool_parsing": "must be true or false", "bool_type": "must be true or false",
+    "string_type": "must be a string", "dict_type": "must be a mapping", "list_type": "must be a list",
+    "model_type": "must be a mapping", "model_attributes_type": "must be a mapping",
+    "greater_than": "must be > {gt}", "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}", "less_than_equal": "must be <= {le}",
+    "string_pattern_mismatch": "must match the pattern {pattern}",
+    "finite_number": "must be a finite number",
+}

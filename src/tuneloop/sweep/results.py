@@ -1,0 +1,143 @@
+"""A sweep's results: one row per trial from Tune (`results.csv`), the best trial as a complete
+experiment file (`best.yaml`), the summary table, and each trial's history without repeated epochs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneloop._io import atomic_write_text
+from tuneloop.config.schema import ExperimentConfig
+from tuneloop.config.search_space import apply_params, short_value
+from tuneloop.config.yaml12 import dump_yaml
+from tuneloop.outcome import best, outcome
+from tuneloop.storage import TRIAL_PROGRESS, TRIAL_RESULTS, Storage
+from tuneloop.sweep.paths import BEST_FILE, RESULTS_FILE
+
+HISTORY_REWINDS = ("pbt",)  # a trial's epochs may legitimately go back (PBT's clones continue another's)
+
+
+def trial_state(cfg: ExperimentConfig, result: dict | None, error: bool) -> str:
+    """complete / pruned / failed on the sweep's metric, by the rule the Optuna study is told."""
+    return outcome(result, error, metric=cfg.sweep.metric)[0]
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    state: str
+    epochs: int
+    best_val_loss: float
+    last_metric: float
+    config: dict
+
+
+def tidy_histories(storage: Storage) -> None:
+    """Drop repeated epochs from each trial's result.json and progress.csv (keeping the last row).
+
+    After a driver kill, Tune's snapshot can lag the rows already written: the restored trial runs
+    the epoch after its last checkpoint again, with identical losses when resume is exact.
+    """
+    for trial_dir in storage.listdir():
+        if not trial_dir.startswith("trial_"):
+            continue
+        names = storage.listdir(trial_dir)
+        if TRIAL_RESULTS in names:
+            lines = storage.read_bytes(f"{trial_dir}/{TRIAL_RESULTS}").decode().splitlines()
+            rows = [json.loads(line) for line in lines if line.strip()]
+            kept = _last_per_epoch(rows, lambda row: row.get("epoch"))
+            if len(kept) != len(rows):
+                storage.write_bytes(f"{trial_dir}/{TRIAL_RESULTS}",
+                                    "".join(json.dumps(row) + "\n" for row in kept).encode())
+        if TRIAL_PROGRESS in names:
+            text = storage.read_bytes(f"{trial_dir}/{TRIAL_PROGRESS}").decode()
+            if text.strip():
+                reader = csv.DictReader(io.StringIO(text))
+                rows = list(reader)
+                kept = _last_per_epoch(rows, lambda row: row.get("epoch"))
+                if len(kept) != len(rows):
+                    buffer = io.StringIO()
+                    writer = csv.DictWriter(buffer, fieldnames=reader.fieldnames, lineterminator="\n")
+                    writer.writeheader()
+                    writer.writerows(kept)
+                    storage.write_bytes(f"{trial_dir}/{TRIAL_PROGRESS}", buffer.getvalue().encode())
+
+
+def _last_per_epoch(rows: list, epoch_of) -> list:
+    latest = {}
+    for index, row in enumerate(rows):
+        latest[epoch_of(row)] = index
+    return [rows[i] for i in sorted(latest.values())]
+
+
+UNFINISHED = ("PENDING", "RUNNING", "PAUSED")  # Tune trial statuses of an interrupted sweep
+
+
+def summarize(cfg: ExperimentConfig, results, trial_ends) -> list[TrialRow]:
+    """One row per trial from Tune's ResultGrid (state `running` for a trial an interrupt left
+    unfinished: Tune's status says so, or `trial_ends`, a TrialEnds, knows it never ended)."""
+    cut = trial_ends.cut_short()
+    unfinished = {t.trial_id for t in trial_ends.trials if t.status in UNFINISHED or t.trial_id in cut}
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        epochs = history.to_dict("records") if history is not None and "val_loss" in history else []
+        if cfg.sweep.scheduler.name not in HISTORY_REWINDS:  # an epoch run again after a resume counts once
+            epochs = _last_per_epoch(epochs, lambda row: row.get("epoch"))
+        losses = [row["val_loss"] for row in epochs]
+        finite = [v for v in losses if isinstance(v, float) and math.isfinite(v)]
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
+        rows.append(TrialRow(
+            trial_id=trial_id,
+            state="running" if trial_id in unfinished else trial_state(cfg, metrics, result.error is not None),
+            epochs=len(losses), best_val_loss=min(finite) if finite else math.inf,
+            last_metric=metrics.get(cfg.sweep.metric, math.nan), config=dict(result.config or {})))
+    return rows
+
+
+def best_row(cfg: ExperimentConfig, rows: list[TrialRow]) -> TrialRow | None:
+    """The best trial by `tuneloop.outcome.best`: the complete one with the best last value of the
+    sweep metric (None when no trial completed)."""
+    return best(rows, mode=cfg.sweep.mode, state=lambda r: r.state, value=lambda r: r.last_metric)
+
+
+def write_results(cfg: ExperimentConfig, rows: list[TrialRow], directory: Path) -> TrialRow | None:
+    """results.csv (one row per trial) and best.yaml (a complete experiment file for `tuneloop train`)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    keys = list(cfg.sweep.search_space)
+    writer.writerow(["trial_id", "state", "epochs", "best_val_loss", cfg.sweep.metric, *keys])
+    for r in rows:
+        writer.writerow([r.trial_id, r.state, r.epochs, r.best_val_loss, r.last_metric,
+                         *(r.config.get(k) for k in keys)])
+    atomic_write_text(directory / RESULTS_FILE, buffer.getvalue())
+    best = best_row(cfg, rows)
+    if best is not None:
+        experiment = cfg.model_dump(mode="json", by_alias=True)
+        experiment["run"] = apply_params(experiment["run"], {k: best.config[k] for k in keys if k in best.config})
+        header = (f"# Best trial {best.trial_id} of sweep {cfg.run.name}: {cfg.sweep.metric}="
+                  f"{best.last_metric:.6g} ({best.state}). Train it: tuneloop train best.yaml\n")
+        atomic_write_text(directory / BEST_FILE, header + dump_yaml(experiment))
+    return best
+
+
+def print_table(cfg: ExperimentConfig, rows: list[TrialRow], best: TrialRow | None) -> None:
+    keys = list(cfg.sweep.search_space)
+    header = f"{'trial':<12} {'state':<9} {'epochs':>6} {'best val_loss':>13} {cfg.sweep.metric:>13}  config"
+    print(header)
+    order = sorted(rows, key=lambda r: r.trial_id)
+    for r in order:
+        config = " ".join(f"{k}={short_value(r.config.get(k))}" for k in keys)
+        print(f"{r.trial_id:<12} {r.state:<9} {r.epochs:>6} {r.best_val_loss:>13.6g} {r.last_metric:>13.6g}  {config}")
+    counts = {s: sum(r.state == s for r in rows) for s in ("complete", "pruned", "failed", "running")}
+    if not counts["running"]:
+        del counts["running"]
+    print(f"{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if best is not None:
+        print(f"best: trial {best.trial_id} {cfg.sweep.metric}={best.last_metric:.6g} "
+              + " ".join(f"{k}={short_value(best.config.get(k))}" for k in keys))

@@ -1,0 +1,133 @@
+"""`tuneloop sweep`: the sweep driver, from the checks to the exit status.
+
+    run_sweep:  checks (nothing written yet) → lock the experiment directory → drive
+    drive:      Ray → checks against the cluster → the Tuner, its parts bound → fit → finish
+    finish:     histories tidied → results.csv, best.yaml, the table → sweep_done → exit status
+
+`tuneloop resume` (`tuneloop.sweep.resume`) drives a restored Tuner the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from tuneloop._io import atomic_write_text
+from tuneloop.config.schema import ExperimentConfig
+from tuneloop.config.yaml12 import dump_yaml
+from tuneloop.storage import TRIAL_ERROR, SweepPlace
+from tuneloop.sweep.checks import (check_cluster_resources, check_local_resources, check_new_experiment,
+                                   check_search_space, check_shared_storage, check_storage, check_study, unusable)
+from tuneloop.sweep.locking import DirectoryUnusable, clear_directory, experiment_lock
+from tuneloop.sweep.paths import DONE_FILE, DRIVER_FILES, EXPERIMENT_FILE, sweep_place
+from tuneloop.sweep.results import HISTORY_REWINDS, print_table, summarize, tidy_histories, write_results
+
+INTERRUPTED = 130  # the exit status of a sweep that stopped before every trial ended (as after Ctrl-C)
+
+
+def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, quiet: bool = False,
+              overwrite: bool = False) -> int:
+    """Run the sweep of `cfg`; print the table and the best config; return the exit status.
+    Raises UserError (exit 2) before anything is written when the sweep cannot run."""
+    from tuneloop.tune.session import local_ray
+
+    place = sweep_place(cfg)
+    check_search_space(cfg)
+    check_storage(cfg, place.storage)
+    check_new_experiment(cfg, place.directory, place.storage, overwrite=overwrite)
+    old_study = check_study(cfg, overwrite=overwrite)
+    if local_ray(address):
+        check_local_resources(cfg)
+
+    def start():  # the Tuner, once Ray is up and the storage suits the cluster
+        from tuneloop.sweep.tuner import build_tuner
+
+        if overwrite:
+            clear_directory(place.directory)  # all but the lock this driver holds
+            if place.storage.exists():
+                place.storage.delete_dir("")
+        if old_study:  # in sweep.optuna_storage, outside the experiment directory
+            import optuna
+
+            optuna.delete_study(study_name=cfg.run.name, storage=cfg.sweep.optuna_storage)
+        place.directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(place.directory / EXPERIMENT_FILE, dump_yaml(cfg.model_dump(mode="json", by_alias=True)))
+        if not place.storage.is_local:  # so that even a crashed first run can be found from its URI
+            place.storage.upload(place.directory, [EXPERIMENT_FILE])
+        return build_tuner(cfg, place)
+
+    key, value = (("sweep.storage_path", cfg.sweep.storage_path) if place.storage.is_local
+                  else ("sweep.local_dir", cfg.sweep.local_dir))
+    with holding(place.directory, "run", key=key, value=value):  # one driver per experiment directory
+        return drive(cfg, place, start, address, quiet)
+
+
+@contextmanager
+def holding(directory: Path, doing: str, *, key: str, value: str):
+    """The experiment directory's lock (`tuneloop.sweep.locking`) while the block runs; a directory
+    that cannot be created or locked is a UserError naming `key` and `value`."""
+    try:
+        with experiment_lock(directory, doing):
+            yield
+    except DirectoryUnusable as exc:  # taking the lock failed: nothing was started or written
+        raise unusable(exc.error, directory, key, value) from None
+
+
+def drive(cfg: ExperimentConfig, place: SweepPlace, make_tuner, address: str | None, quiet: bool) -> int:
+    """Start (or join) Ray, build or restore the Tuner with `make_tuner`, bind its parts to `place`,
+    fit it, then `finish`."""
+    import optuna
+    import ray
+
+    from tuneloop.sweep.tuner import SweepParts
+    from tuneloop.tune._compat import version_warnings
+    from tuneloop.tune.session import ensure_ray
+    from tuneloop.tune.state import publish_final
+    from tuneloop.tune.trial_log import TrialLog
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created ..." lines
+    for warning in version_warnings():
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    trial_log = TrialLog()  # the trials' own lines, printed by the live table (above it)
+    started = ensure_ray(address, trial_log=trial_log)
+    try:
+        check_shared_storage(cfg, place.storage)
+        check_cluster_resources(cfg)
+        tuner = make_tuner()
+        parts = SweepParts.bind(tuner, place)
+        parts.progress.display(quiet=quiet, trial_log=trial_log)
+        results = tuner.fit()
+        if parts.trial_ends.all_ended():  # an interrupted sweep keeps the state Tune saved when it stopped
+            publish_final(parts.trial_ends.trials, place.storage)
+    finally:
+        if started:
+            ray.shutdown()
+    return finish(cfg, place, results, parts.trial_ends)
+
+
+def finish(cfg: ExperimentConfig, place: SweepPlace, results, trial_ends) -> int:
+    """Results files and the table; `sweep_done` once every trial ended; the exit status (0; 1 when
+    every trial failed; 130 when trials are left for `tuneloop resume`)."""
+    directory, storage = place.directory, place.storage
+    if cfg.sweep.scheduler.name not in HISTORY_REWINDS:
+        tidy_histories(storage)
+    rows = summarize(cfg, results, trial_ends)
+    best = write_results(cfg, rows, directory)
+    print_table(cfg, rows, best)
+    unfinished = [r for r in rows if r.state == "running"]
+    done = not unfinished and len(rows) >= cfg.sweep.num_samples
+    if done:
+        atomic_write_text(directory / DONE_FILE, f"{len(rows)} trials\n")
+    if not storage.is_local:
+        storage.upload(directory, DRIVER_FILES)
+        print(f"trials and checkpoints: {storage.uri}")
+    print(f"experiment directory: {directory}")
+    if not done:
+        print(f"interrupted: {len(unfinished)} trial(s) unfinished, {cfg.sweep.num_samples - len(rows)} not "
+              f"started; continue with `tuneloop resume {directory}`")
+        return INTERRUPTED
+    if rows and all(r.state == "failed" for r in rows):
+        print(f"error: all {len(rows)} trials failed; tracebacks in {storage.uri}/trial_*/{TRIAL_ERROR}")
+        return 1
+    return 0

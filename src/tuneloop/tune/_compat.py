@@ -1,0 +1,248 @@
+"""The one door to the internals of Ray and Optuna that tuneloop needs.
+
+Everything here reaches past the libraries' public APIs; each item says what it reaches and why
+no public API serves. It was written for the versions in `WRITTEN_FOR`: `version_warnings()`
+says when the installed ones differ (`tuneloop doctor` and the start of every sweep print it).
+No other module of tuneloop names a private attribute of Ray, Optuna or wandb (a test greps).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WRITTEN_FOR = {"ray": ((2, 60), (2, 61)), "optuna": ((4, 0), (6, 0))}  # [low, high) of (major, minor)
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    parts = [int("".join(ch for ch in part if ch.isdigit()) or 0) for part in version.split(".")[:2]]
+    return (parts + [0, 0])[0], (parts + [0, 0])[1]
+
+
+def version_warnings() -> list[str]:
+    """One line per library whose installed version is outside the range this module was written for."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    warnings = []
+    for name, (low, high) in WRITTEN_FOR.items():
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            continue
+        if not low <= _major_minor(installed) < high:
+            shown = lambda v: ".".join(map(str, v))  # noqa: E731
+            warnings.append(f"{name} {installed} is installed, but tuneloop's use of its internals "
+                            f"(tuneloop/tune/_compat.py) was written for {name} >={shown(low)},<{shown(high)}: "
+                            "resume, trial files or the study may misbehave")
+    return warnings
+
+
+# --- inside a trial (Ray Train's session, which runs every Tune function trainable) ---------------
+
+def trial_storage():
+    """(pyarrow filesystem, the trial's directory on Tune's storage) of the running trial.
+    Ray's session object; the public `tune.get_context()` gives only the local working directory."""
+    from ray.train._internal.session import get_storage
+
+    storage = get_storage()
+    return storage.storage_filesystem, storage.trial_fs_path
+
+
+def function_trainable_waiting_for_its_thread(function, timeout_s: float):
+    """Ray's class for the function trainable `function`, whose `cleanup` lets the trial's thread
+    end (up to `timeout_s`) before the actor stops. Ray's own cleanup does not wait when an actor is
+    stopped rather than reused; there is no public hook, so this subclasses Ray's wrapper and uses
+    the session's thread and locks."""
+    from ray.train._internal.session import get_session
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    class TuneloopTrial(wrap_function(function)):
+        def cleanup(self):
+            session = get_session()
+            if session is not None and session.training_started and session.training_thread.is_alive():
+                session.stop_event.set()  # as Ray's own finish: the thread leaves its report
+                session.continue_lock.release()
+                session.training_thread.join(timeout=timeout_s)
+            super().cleanup()
+
+    return TuneloopTrial
+
+
+CHECKPOINT_LOGGER = "ray.train._internal.storage"  # logs "Checkpoint successfully created" per checkpoint
+
+
+# --- the driver ----------------------------------------------------------------------------------
+
+def detected_cpus() -> int:
+    """The CPUs an embedded local Ray will detect (cgroup limits included): Ray's own helper, which
+    no public API exposes before `ray.init`."""
+    import os
+
+    try:
+        from ray._private.utils import get_num_cpus
+
+        return int(get_num_cpus())
+    except Exception:  # pragma: no cover - a Ray without that helper
+        return os.cpu_count() or 1
+
+
+# Ray 2.60 logs this at ray.init of a new local Ray: a notice of its default, not a problem.
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+TOKEN_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+def route_worker_output(handler) -> None:
+    """Send the connected driver's forwarded worker output (batches of lines: `ip`, `pid`, `lines`)
+    to `handler` instead of Ray's printer. Ray has no public hook to format or filter it; its
+    printer is the handler "ray_print_logs" of this dispatcher."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.remove_handler("tuneloop")
+    dispatcher.add_handler("tuneloop", handler)
+
+
+# Secrets Ray Tune copies from the driver's environment into every trial actor's runtime_env
+# (which Ray's runtime-env agent logs in plain text): ray/tune/execution/class_cache.py.
+PROPAGATED_CREDENTIALS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN",
+                                    "AWS_SESSION_TOKEN"})
+
+
+def stop_propagating_credentials() -> None:
+    """Remove the credentials from the set Ray Tune propagates (a module-level set, no API)."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # another Ray layout: nothing we know of to remove
+        return
+    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if propagated is not None:
+        class_cache.ENV_VARS_TO_PROPAGATE = set(propagated) - PROPAGATED_CREDENTIALS
+
+
+def tuner_parts(tuner) -> list:
+    """The searcher, the scheduler and the callbacks a Tuner will run with (for a restored Tuner: the
+    ones Tune unpickled from `tuner.pkl`), so the driver can bind them to where the sweep is now.
+    `Tuner.restore` takes no new searcher, scheduler or callbacks, and gives no access to them."""
+    internal = tuner._local_tuner
+    tune_config = internal._tune_config
+    return [tune_config.search_alg, tune_config.scheduler, *(internal.get_run_config().callbacks or [])]
+
+
+# --- Tune's experiment state on storage ---------------------------------------------------------
+
+# The files of Tune's experiment snapshot (Tune restores the newest of each name); not a public format.
+TUNER_FILE = "tuner.pkl"  # the Tuner as Tune pickled it at the start (searcher, scheduler, callbacks)
+STATE_PATTERNS = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl",
+                  "callback-states-*.pkl", TUNER_FILE)
+SEARCH_GENERATOR_STATE = "search_gen_state-"
+
+
+def experiment_staging_dir(trial) -> Path:
+    """The driver's local staging directory of the experiment, where Tune writes each snapshot
+    before copying it to the storage (a StorageContext attribute; no public accessor)."""
+    return Path(trial.storage.experiment_driver_staging_path)
+
+
+def trial_storage_of(trial):
+    """(pyarrow filesystem, directory) of `trial` on Tune's storage (its StorageContext)."""
+    return trial.storage.storage_filesystem, trial.storage.trial_fs_path
+
+
+def relocate_search_generator(data: bytes, filesystem, parent: str) -> bytes | None:
+    """The pickled search-generator state `data` with its experiment's storage pointed at `parent`
+    on `filesystem`, or None when it already points there. Ray's restore relocates the restored
+    trials but not the experiment the search generator keeps, whose new trials would then be
+    written where the experiment used to be."""
+    import ray.cloudpickle as cloudpickle
+
+    state = cloudpickle.loads(data)
+    experiment = state.get("experiment")
+    context = getattr(experiment, "storage", None)
+    if context is None or (context.storage_fs_path == parent and
+                           type(context.storage_filesystem) is type(filesystem)):
+        return None
+    context.storage_fs_path = parent
+    context.storage_filesystem = filesystem
+    experiment.spec["storage"] = context
+    return cloudpickle.dumps(state)
+
+
+# --- Optuna through Ray's OptunaSearch ------------------------------------------------------------
+# Ray's OptunaSearch keeps the study, its Optuna trials and the space in private attributes; the
+# truthful searcher subclasses it, so it must read and (when unpickled) rebuild them.
+
+def optuna_study(search):
+    return search._ot_study
+
+
+def optuna_trials(search) -> dict:
+    """Tune trial id → Optuna trial."""
+    return search._ot_trials
+
+
+def optuna_space(search) -> dict:
+    return search._space
+
+
+def completed_trials(search) -> set:
+    """The Tune trials OptunaSearch has told the study about."""
+    return search._completed_trials
+
+
+def optuna_trial_id(trial) -> int:
+    """The storage's id of an Optuna trial (kept by pickles instead of the live trial)."""
+    return trial._trial_id
+
+
+def detach_optuna(state: dict, search) -> dict:
+    """`state` (a copy of an OptunaSearch's __dict__) without its live storage and study, its
+    Optuna trials kept by id: what can be pickled and reopened on another machine."""
+    state["_storage"] = state["_ot_study"] = None
+    state["_ot_trials"] = {key: trial._trial_id for key, trial in search._ot_trials.items()}
+    state["_bound"] = search._ot_study is not None
+    return state
+
+
+def detached_again(state: dict, pending: tuple[bool, dict]) -> dict:
+    """The detached state of a searcher unpickled but not reopened yet (`pending` from attach_optuna)."""
+    bound, trial_ids = pending
+    return {**state, "_storage": None, "_ot_study": None, "_ot_trials": trial_ids, "_bound": bound}
+
+
+def attach_optuna(search, state: dict) -> tuple[bool, dict]:
+    """Put a detached `state` into `search`; returns (was it bound to a study, trial ids)."""
+    state = dict(state)
+    bound, trial_ids = state.pop("_bound"), state.pop("_ot_trials")
+    search.__dict__.update(state)
+    search._storage = search._ot_study = None
+    search._ot_trials = {}
+    return bound, trial_ids
+
+
+def reopen_optuna(search, url: str, bound: bool, trial_ids: dict) -> None:
+    """Open the study at `url` again (when it was bound) and its Optuna trials by id."""
+    import optuna
+
+    search._storage = optuna.storages.RDBStorage(url)
+    search._ot_study = optuna.load_study(study_name=search._study_name, storage=search._storage,
+                                         sampler=search._sampler) if bound else None
+    search._ot_trials = {key: optuna.Trial(search._ot_study, trial_id) for key, trial_id in trial_ids.items()}
+
+
+def adopt_optuna_trial(search, tune_trial_id: str, orphan):
+    """Make the Optuna trial `orphan` (asked for before a driver crash, unknown to the restored
+    searcher) the one of Tune trial `tune_trial_id`; sample the parameters it never got through
+    Optuna's own sampling path (`Trial._suggest`: the public `suggest_*` need each parameter's kind)."""
+    import optuna
+
+    adopted = search._ot_trials[tune_trial_id] = optuna.Trial(search._ot_study, orphan._trial_id)
+    for name, distribution in search._space.items():
+        if name not in orphan.params:
+            adopted._suggest(name, distribution)
+    return adopted
+
+
+def grid_exhausted(error: RuntimeError) -> bool:
+    """Whether `error` is GridSampler calling `study.stop()` outside `optimize()` once its grid is
+    used up (Optuna stores the trial's state before that: the error says nothing about the tell).
+    Optuna raises a plain RuntimeError; only its text tells."""
+    return "Study.stop" in str(error)

@@ -1,0 +1,89 @@
+"""The driver's Ray session: which Ray to join, the Tune settings a sweep runs with, `ray.init`.
+
+Ray Tune reads its settings from environment variables; `TUNE_SETTINGS` is the one list of those
+tuneloop sets, each with why, applied by `apply_tune_settings` (a value the user set is kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+from tuneloop.tune import _compat
+from tuneloop.tune.credentials import keep_credentials_out_of_ray
+from tuneloop.tune.trainable import THREAD_TIMEOUT_S
+
+TUNE_SETTINGS = {
+    # result.json and progress.csv, but no TensorBoard event files: TBX costs the driver CPU time that
+    # the trials need on a small machine (the sweep adds Tune's JSON and CSV loggers itself)
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # with verbose=0: no boxes (tuneloop.sweep.progress shows a compact table instead)
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # Snapshot the experiment state after every result (Tune's default: every >= 10 s). After a
+    # driver crash, trials restart from the checkpoint the last snapshot names: with a lagging
+    # snapshot they would retrain every epoch since. Users may set their own period.
+    "TUNE_GLOBAL_CHECKPOINT_S": "0",
+    # A stopped trial's thread still finishes its W&B run (flushing the offline files) after the
+    # scheduler's STOP; before reusing its actor for the next trial Ray waits 2 s, then abandons the
+    # actor, killing wandb mid-write (a stopped actor: see tuneloop.tune.trainable.trainable_class).
+    "TUNE_FUNCTION_THREAD_TIMEOUT_S": str(THREAD_TIMEOUT_S),
+}
+
+
+def apply_tune_settings(settings: dict[str, str] = TUNE_SETTINGS) -> None:
+    """Put `settings` into this process's environment, where Tune reads them; a variable the user
+    set already wins."""
+    for name, value in settings.items():
+        os.environ.setdefault(name, value)
+
+
+def ray_address(address: str | None) -> str:
+    """What to `ray.init`: --address, else RAY_ADDRESS (which `ray job submit` sets), else "local":
+    our own embedded Ray (Ray would otherwise join whatever cluster was last started here)."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def local_ray(address: str | None) -> bool:
+    """Whether a sweep starts its own embedded local Ray (no --address, no RAY_ADDRESS, no Ray yet)."""
+    if ray_address(address) != "local":
+        return False
+    import ray
+
+    return not ray.is_initialized()
+
+
+def ensure_ray(address: str | None, *, trial_log=None) -> bool:
+    """Connect to `address` (or start an embedded local Ray) with the Tune settings applied; True
+    when this call started Ray. `trial_log` (a `tuneloop.tune.trial_log.TrialLog`): the trials' own
+    output goes there, prefixed by trial id, instead of Ray's worker lines (None: Ray prints them)."""
+    import ray
+
+    apply_tune_settings()
+    keep_credentials_out_of_ray()  # Ray Tune would log the driver's AWS keys (tuneloop.tune.credentials)
+    if ray.is_initialized():
+        return False
+    with _quiet_token_auth_notice():
+        ray.init(address=ray_address(address), include_dashboard=False, log_to_driver=True,
+                 configure_logging=True, logging_level="WARNING")
+    if trial_log is not None:
+        from tuneloop.tune.trial_log import attach
+
+        attach(trial_log)
+    return True
+
+
+@contextlib.contextmanager
+def _quiet_token_auth_notice():
+    """Ray 2.60 turns token authentication on for a new local Ray (RAY_AUTH_MODE unset) and logs
+    a warning that it did: a notice of its default, not of a problem. The protection stays on."""
+    logger = logging.getLogger(_compat.TOKEN_AUTH_LOGGER)
+
+    def notice(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_compat.TOKEN_AUTH_NOTICE)
+
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)

@@ -1,0 +1,56 @@
+"""The trials' own output on the driver: each line prefixed by its trial id, nothing else of Ray's.
+
+Ray forwards every worker's stdout and stderr to the driver as `(train_trial pid=3451) ...`,
+deduplicated across workers (`[repeated 4x across cluster]`), with Ray's own worker messages in
+between. A sweep shows instead only tuneloop's lines and, for each trial, what the trial itself
+printed or warned (its callbacks' warnings, Python warnings, the user's own output), as
+`[tuneloop] trial_<id>: <line>`. A trial announces itself with its first line (`START`), so a
+line is attributed to the trial its process runs now (actors are reused from trial to trial).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import deque
+
+from tuneloop.tune import _compat
+
+START = "[tuneloop] trial {trial_id} on "  # the first line a trial prints (tuneloop.tune.trainable.train_trial)
+_START = re.compile(r"^\[tuneloop\] trial (\S+) on ")
+
+
+class TrialLog:
+    """Collects the trials' lines from Ray's stream of worker output (in Ray's log thread);
+    `drain()` hands them over (in the driver's thread, which prints them)."""
+
+    def __init__(self):
+        self._lines: deque[str] = deque()
+        self._trial_of: dict[tuple, str] = {}  # (node ip, pid) → the trial that process runs now
+        self._lock = threading.Lock()
+
+    def on_batch(self, data: dict) -> None:
+        """One batch of a worker's lines (Ray's dict: `ip`, `pid`, `lines`, ...)."""
+        key = (data.get("ip"), data.get("pid"))
+        for line in data.get("lines") or ():
+            started = _START.match(line)
+            if started:
+                self._trial_of[key] = started.group(1)
+                continue  # which trial runs where: in the trial's result rows (node_id, pid, device)
+            trial_id = self._trial_of.get(key)
+            if trial_id is not None:  # not a trial's process: Ray's own workers and daemons
+                with self._lock:
+                    self._lines.append(f"[tuneloop] trial_{trial_id}: {line.removeprefix('[tuneloop] ')}")
+
+    def drain(self) -> list[str]:
+        """The lines collected since the last call, in the order they came."""
+        with self._lock:
+            lines = list(self._lines)
+            self._lines.clear()
+        return lines
+
+
+def attach(trial_log: TrialLog) -> None:
+    """Send the connected driver's worker output to `trial_log` instead of Ray's printer.
+    Call after `ray.init(log_to_driver=True)`."""
+    _compat.route_worker_output(trial_log.on_batch)

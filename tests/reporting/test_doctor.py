@@ -1,0 +1,35 @@
+"""`tuneloop doctor`: the machine's facts, a running cluster's resources, warnings."""
+
+from __future__ import annotations
+
+import platform
+
+import ray
+import torch
+
+from tuneloop import cli
+
+
+def test_doctor_prints_the_stack_and_warns_about_online_wandb_without_a_key(capsys, monkeypatch, tmp_path,
+                                                                           no_ray_running):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login either
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    facts = dict(line.split(":", 1) for line in out.splitlines() if not line.startswith("warning:"))
+    assert platform.python_version() in facts["python"]
+    assert facts["torch"].strip() == torch.__version__ and facts["ray"].strip() == ray.__version__
+    assert facts["wandb mode"].strip() == "online"
+    assert ("GPUs" in facts) != torch.cuda.is_available()
+    assert "warning: WANDB_MODE=online but no WANDB_API_KEY" in out
+    assert not ray.is_initialized()  # without --address nothing of Ray is started
+
+
+def test_doctor_lists_the_nodes_of_a_running_cluster(capsys, ray_cluster):
+    assert cli.main(["doctor", "--address", ray_cluster.address]) == 0
+    out = capsys.readouterr().out
+    assert "3 node(s) on 1 host(s): 2 CPUs, 2 GPUs" in out  # head without CPUs, two 1-CPU 1-GPU workers
+    for node in ray_cluster.worker_nodes:
+        assert f"node {node.node_id[:8]}:" in out
+    assert not ray.is_initialized()  # doctor left the cluster again

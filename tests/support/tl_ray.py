@@ -1,0 +1,41 @@
+"""Ray for tests: a local Ray in a short temp dir of its own, shut down by pid-safe means (never
+`ray stop`), and which processes a test's Ray left behind."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+
+
+def start_ray(**kwargs):
+    """ray.init in a fresh short temp dir (Unix socket paths must stay short); returns the dir."""
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="tlray-", dir="/tmp")
+    ray.init(address="local", num_cpus=kwargs.pop("num_cpus", 2), include_dashboard=False, _temp_dir=temp_dir,
+             configure_logging=False, log_to_driver=False, **kwargs)
+    return temp_dir
+
+
+def stop_ray(temp_dir):
+    import ray
+
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def leftover_ray_processes(ray_tmp: str) -> list[int]:
+    """Pids of the processes whose command line names `ray_tmp` (the Ray a test started there)."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if ray_tmp in line]
+
+
+def ray_processes_after(ray_tmp: str, timeout: float = 30.0) -> list[int]:
+    """The Ray processes of `ray_tmp` still alive `timeout` s after its driver was killed (none,
+    normally): each exits once it notices its raylet is gone, sooner or later on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while (left := leftover_ray_processes(ray_tmp)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left

@@ -1,0 +1,130 @@
+"""TensorBatches and make_loader: per-(seed, epoch) shuffling, full coverage, DataLoader fallback."""
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from tuneloop.training.data import EpochSeededDataLoader, TensorBatches, epoch_seed, make_loader
+
+
+def epoch_order(loader, epoch):
+    loader.set_epoch(epoch)
+    return torch.cat([y for _, y in loader]).tolist()
+
+
+def labelled(n):
+    """Inputs whose value is the sample's index, so a batch can be checked for intact pairs."""
+    return torch.arange(n).float().unsqueeze(1), torch.arange(n)
+
+
+def test_shuffled_batches_are_a_permutation_covering_each_sample_once():
+    x, y = labelled(50)
+    loader = TensorBatches(x, y, 8, shuffle=True, seed=1)
+    assert len(loader) == 7
+    for epoch in range(5):
+        order = epoch_order(loader, epoch)
+        assert sorted(order) == list(range(50)) and order != list(range(50))
+        assert [len(t) for _, t in loader] == [8] * 6 + [2]
+    for inputs, targets in loader:
+        assert torch.equal(inputs.squeeze(1).long(), targets)  # pairs stay together
+
+
+def test_shuffling_is_deterministic_per_seed_and_epoch_and_differs_between_epochs():
+    x, y = labelled(50)
+    loader = TensorBatches(x, y, 8, shuffle=True, seed=1)
+    orders = [epoch_order(loader, epoch) for epoch in range(4)]
+    assert len({tuple(o) for o in orders}) == 4  # every epoch its own order
+    assert epoch_order(loader, 0) == orders[0]  # same (seed, epoch) → same order, in any sequence
+    assert [epoch_order(loader, 2), epoch_order(loader, 2)] == [orders[2]] * 2  # iterating again repeats
+    fresh = TensorBatches(x, y, 8, shuffle=True, seed=1)  # a resumed run's new loader
+    assert epoch_order(fresh, 3) == orders[3]
+    assert epoch_order(TensorBatches(x, y, 8, shuffle=True, seed=2), 0) != orders[0]  # the seed matters
+    assert epoch_order(TensorBatches(x, y, 16, shuffle=True, seed=1), 1) == orders[1]  # batch size does not
+
+
+def test_the_shuffle_does_not_touch_global_rng():
+    x, y = labelled(20)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    list(TensorBatches(x, y, 4, shuffle=True, seed=0))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_unshuffled_keeps_order_and_last_partial_batch():
+    x, y = torch.randn(10, 2), torch.arange(10)
+    loader = TensorBatches(x, y, 4)
+    assert [t.tolist() for _, t in loader] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    loader.set_epoch(7)
+    assert epoch_order(loader, 7) == list(range(10))  # the epoch only matters when shuffling
+    assert len(TensorBatches(x, y, 5)) == 2 and len(TensorBatches(x, y, 64)) == 1
+    assert [len(t) for _, t in TensorBatches(x, y, 64)] == [10]
+
+
+def test_large_and_negative_seeds_work():
+    x, y = labelled(12)
+    for seed in (2**62, -7, 0):
+        order = epoch_order(TensorBatches(x, y, 5, shuffle=True, seed=seed), 3)
+        assert sorted(order) == list(range(12))
+    assert 0 <= epoch_seed(2**62, 5) < 2**64 and epoch_seed(3, 4) != epoch_seed(3, 5)
+
+
+def test_mismatched_lengths_are_refused():
+    with pytest.raises(ValueError, match="same length"):
+        TensorBatches(torch.randn(5, 2), torch.arange(4), 2)
+
+
+def test_tensors_are_put_on_the_device():
+    loader = TensorBatches(torch.randn(4, 2, dtype=torch.float64), torch.arange(4), 2, device="cpu")
+    assert loader.inputs.device.type == "cpu" and loader.inputs.dtype == torch.float64
+    assert all(b[0].device.type == "cpu" for b in loader)
+
+
+class Squares(Dataset):
+    def __init__(self, n=6):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.tensor([float(i)]), torch.tensor(i * i)
+
+
+def test_make_loader_picks_tensor_batches_for_a_two_tensor_dataset():
+    x, y = labelled(10)
+    loader = make_loader(TensorDataset(x, y), 4, True, 3, "cpu")
+    assert isinstance(loader, TensorBatches) and loader.shuffle and loader.seed == 3
+    reference = TensorBatches(x, y, 4, shuffle=True, seed=3)
+    assert epoch_order(loader, 2) == epoch_order(reference, 2)
+
+
+def test_make_loader_falls_back_to_a_dataloader():
+    loader = make_loader(Squares(), 4, False, 0, "cpu")
+    assert isinstance(loader, DataLoader) and [len(t) for _, t in loader] == [4, 2]
+    assert torch.cat([t for _, t in loader]).tolist() == [0, 1, 4, 9, 16, 25]
+    three = TensorDataset(torch.randn(5, 2), torch.arange(5), torch.arange(5))  # not (inputs, targets)
+    assert isinstance(make_loader(three, 2, False, 0, "cpu"), DataLoader)
+
+
+def test_the_dataloader_fallback_shuffles_per_seed_and_epoch():
+    loader = make_loader(Squares(20), 6, True, 11, "cpu")
+    assert isinstance(loader, EpochSeededDataLoader)
+    orders = [epoch_order(loader, epoch) for epoch in range(3)]
+    for order in orders:
+        assert sorted(order) == [i * i for i in range(20)]
+    assert len({tuple(o) for o in orders}) == 3
+    assert epoch_order(loader, 1) == orders[1]
+    resumed = make_loader(Squares(20), 6, True, 11, "cpu")
+    assert epoch_order(resumed, 2) == orders[2]  # a resumed run sees the batches of that epoch
+    assert epoch_order(make_loader(Squares(20), 6, True, 12, "cpu"), 0) != orders[0]
+
+
+def test_the_dataloader_fallback_trains_in_a_trainer():
+    from tuneloop.trainer import Trainer
+
+    model = torch.nn.Linear(1, 1)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=1e-4), None,
+                      lambda out, y: torch.nn.functional.mse_loss(out.squeeze(1), y.float()), [])
+    value = trainer.train(make_loader(Squares(10), 4, True, 0, "cpu"), make_loader(Squares(10), 4, False, 0, "cpu"), 2)
+    assert value == value and value > 0

@@ -1,0 +1,38 @@
+"""The compat module knows which Ray and Optuna it was written for, and says so when they differ
+(`tuneloop doctor` and every sweep print its warnings)."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from tuneloop.tune import _compat
+
+
+def test_the_installed_versions_are_the_ones_it_was_written_for():
+    assert _compat.version_warnings() == []
+    low, high = _compat.WRITTEN_FOR["ray"]
+    assert low <= _compat._major_minor(version("ray")) < high
+
+
+def test_a_version_outside_the_range_is_named_with_the_range(monkeypatch):
+    monkeypatch.setitem(_compat.WRITTEN_FOR, "optuna", ((3, 0), (3, 5)))
+    [warning] = _compat.version_warnings()
+    assert warning.startswith(f"optuna {version('optuna')} is installed, but tuneloop's use of its internals")
+    assert "optuna >=3.0,<3.5" in warning
+
+
+def test_versions_are_compared_by_major_and_minor():
+    assert _compat._major_minor("2.60.0") == (2, 60)
+    assert _compat._major_minor("5.0.0rc1") == (5, 0)
+    assert _compat._major_minor("4") == (4, 0)
+    assert (2, 60) <= _compat._major_minor("2.60.3") < (2, 61) and not _compat._major_minor("2.61.0") < (2, 61)
+
+
+def test_doctor_prints_the_range_and_the_warning(monkeypatch, capsys):
+    from tuneloop.reporting.doctor import doctor
+
+    monkeypatch.setitem(_compat.WRITTEN_FOR, "ray", ((1, 0), (1, 1)))
+    assert doctor(None) == 0
+    out = capsys.readouterr().out
+    assert "written for:" in out and "ray >=1.0,<1.1" in out
+    assert f"warning: ray {version('ray')} is installed, but tuneloop's use of its internals" in out
