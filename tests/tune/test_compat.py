@@ -36,3 +36,26 @@ def test_doctor_prints_the_range_and_the_warning(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "written for:" in out and "ray >=1.0,<1.1" in out
     assert f"warning: ray {version('ray')} is installed, but tuneloop's use of its internals" in out
+
+
+def test_a_trial_restarted_in_the_same_driver_keeps_its_local_rows(tmp_path):
+    """Ray's loggers would replace the local rows with the storage's copy, which may lag (the rows
+    since Tune's last background upload were lost); a resumed sweep's new driver, with no local
+    file yet, still takes the storage's copy."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+
+    local, remote = tmp_path / "staging", tmp_path / "storage"
+    local.mkdir(), remote.mkdir()
+    (remote / "result.json").write_text('{"epoch": 0}\n')  # the upload lags: one row of four
+    (local / "result.json").write_text("".join(f'{{"epoch": {e}}}\n' for e in range(4)))
+    trial = SimpleNamespace(local_path=str(local), checkpoint=object(),
+                            storage=SimpleNamespace(trial_fs_path=str(remote),
+                                                    storage_filesystem=pyarrow.fs.LocalFileSystem()))
+    json_logger, csv_logger = _compat.trial_loggers()
+    json_logger._restore_from_remote("result.json", trial)
+    assert (local / "result.json").read_text().count("\n") == 4  # kept
+    (remote / "progress.csv").write_text("epoch\n0\n")
+    csv_logger._restore_from_remote("progress.csv", trial)
+    assert (local / "progress.csv").read_text() == "epoch\n0\n"  # no local file: the storage's copy

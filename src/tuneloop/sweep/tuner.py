@@ -42,10 +42,9 @@ def build_tuner(cfg: ExperimentConfig, place: SweepPlace):
     resources per trial, failure and checkpoint settings, tuneloop's callbacks."""
     import optuna
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
     from tuneloop.config.search_space import to_optuna
     from tuneloop.sweep.progress import SweepProgress
+    from tuneloop.tune import _compat
     from tuneloop.tune.driver_memory import TrimHeap
     from tuneloop.tune.retention import KeepCheckpoints
     from tuneloop.tune.schedulers import build_scheduler
@@ -82,7 +81,7 @@ def build_tuner(cfg: ExperimentConfig, place: SweepPlace):
         search_alg=searcher, scheduler=scheduler, num_samples=sweep.num_samples,
         max_concurrent_trials=sweep.max_concurrent_trials, reuse_actors=True,
         trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname)
-    callbacks += [JsonLoggerCallback(), CSVLoggerCallback()]  # Tune's own loggers but TensorBoard's
+    callbacks += _compat.trial_loggers()  # result.json and progress.csv (no TensorBoard files)
     storage_path, storage_filesystem = tune_storage(sweep)
     run_config = tune.RunConfig(
         name=run.name, storage_path=storage_path, storage_filesystem=storage_filesystem, callbacks=callbacks,

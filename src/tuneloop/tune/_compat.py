@@ -127,6 +127,44 @@ def tuner_parts(tuner) -> list:
     return [tune_config.search_alg, tune_config.scheduler, *(internal.get_run_config().callbacks or [])]
 
 
+# --- Tune's per-trial loggers -------------------------------------------------------------------
+
+class _KeepLocalRows:
+    """When a trial restarts in the same driver (Ray retries a crashed one), Tune's JSON and CSV
+    loggers replace the trial's local rows with the storage's copy (`_restore_from_remote`, no
+    public hook), which Tune's background upload may not have caught up with: the rows since its
+    last upload were lost. A local file that exists holds this driver's own rows, the newest: it
+    is kept; the storage's copy is taken only when there is none (a resumed sweep's new driver)."""
+
+    def _restore_from_remote(self, file_name, trial):
+        local = Path(trial.local_path, file_name)
+        if local.is_file() and local.stat().st_size > 0:
+            return
+        super()._restore_from_remote(file_name, trial)
+
+
+def trial_loggers() -> list:
+    """Tune's JSON (`result.json`) and CSV (`progress.csv`) logger callbacks, keeping local rows."""
+    return [cls() for cls in _logger_classes()]
+
+
+def _logger_classes() -> tuple[type, type]:
+    """The two logger classes, built once (module attributes, so that Tune can pickle them)."""
+    if "JsonLogger" not in globals():
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+        for name, base in (("JsonLogger", JsonLoggerCallback), ("CsvLogger", CSVLoggerCallback)):
+            globals()[name] = type(name, (_KeepLocalRows, base),
+                                   {"__module__": __name__, "__doc__": f"Tune's {base.__name__}, keeping local rows."})
+    return globals()["JsonLogger"], globals()["CsvLogger"]
+
+
+def __getattr__(name):  # unpickling a sweep's loggers builds the classes first (importing needs no Ray)
+    if name in ("JsonLogger", "CsvLogger"):
+        return dict(zip(("JsonLogger", "CsvLogger"), _logger_classes()))[name]
+    raise AttributeError(name)
+
+
 # --- Tune's experiment state on storage ---------------------------------------------------------
 
 # The files of Tune's experiment snapshot (Tune restores the newest of each name); not a public format.
