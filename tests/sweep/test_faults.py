@@ -58,7 +58,9 @@ def test_the_driver_killed_three_times_resumes_to_the_end(tmp_path, ray_tmp):
     every run) with `tuneloop resume` in between, then a last resume: every trial's epochs once and
     in order, the Optuna study holds exactly the sweep's trials (none RUNNING, no config twice, each
     matching one Tune trial's history), and at most one checkpoint interval retrained per kill."""
-    trials, epochs = 4, 6
+    # enough work that the third kill point (up to 3 x 6 epochs in, whatever ASHA prunes) comes
+    # before the sweep's end: 6 trials of 6 epochs, at least 2 each and half of them 4
+    trials, epochs = 6, 6
     path, directory, log = interruptible_experiment(tmp_path, trials, epochs)
     rng = random.Random(2026)
     kills = 3
