@@ -68,6 +68,11 @@ def function_trainable_waiting_for_its_thread(function, timeout_s: float):
 
 
 CHECKPOINT_LOGGER = "ray.train._internal.storage"  # logs "Checkpoint successfully created" per checkpoint
+# Logs a traceback (in the message) for a sync of the driver's staging directory that failed; the next sync retries.
+SYNCER_LOGGER = "ray.train._internal.syncer"
+# Tune writes its searcher state atomically through `.<uuid>-tmp-<name>` files (ray.tune.search.searcher);
+# a sync that lists one before its rename and copies it after fails on a file that no longer exists.
+ATOMIC_WRITE_TMP_MARK = "-tmp-"
 
 
 # --- the driver ----------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ def ensure_ray(address: str | None, *, trial_log=None) -> bool:
     import ray
 
     apply_tune_settings()
+    quiet_transient_sync_races()
     keep_credentials_out_of_ray()  # Ray Tune would log the driver's AWS keys (tuneloop.tune.credentials)
     if ray.is_initialized():
         return False
@@ -71,6 +72,22 @@ def ensure_ray(address: str | None, *, trial_log=None) -> bool:
 
         attach(trial_log)
     return True
+
+
+def _transient_sync_race(record: logging.LogRecord) -> bool:
+    """False for a sync that failed only because one of Tune's atomic-write temporary files was
+    renamed while it was being copied: the file is under its final name, which the next sync copies."""
+    message = record.getMessage()  # Ray formats the traceback into the message
+    last_line = message.rstrip().rsplit("\n", 1)[-1]
+    return not (last_line.startswith("FileNotFoundError") and _compat.ATOMIC_WRITE_TMP_MARK in last_line)
+
+
+def quiet_transient_sync_races() -> None:
+    """Drop Ray's warning and traceback for a driver sync that lost that race (any other failed sync
+    is still shown). Installed once per process."""
+    logger = logging.getLogger(_compat.SYNCER_LOGGER)
+    if _transient_sync_race not in logger.filters:
+        logger.addFilter(_transient_sync_race)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,12 @@ from collections import deque
 
 from tuneloop.tune import _compat
 
+# Ray's SIGTERM handler raises SystemExit in a worker that Ray ends; when it lands inside a weakref
+# callback Python prints "Exception ignored in: ..." and that traceback: Ray ending a process, not
+# the trial's output (ray/_private/worker.py, sigterm_handler).
+_IGNORED = "Exception ignored in"
+_RAY_TERMINATION = "sigterm_handler"
+
 START = "[tuneloop] trial {trial_id} on "  # the first line a trial prints (tuneloop.tune.trainable.train_trial)
 _START = re.compile(r"^\[tuneloop\] trial (\S+) on ")
 
@@ -27,6 +33,7 @@ class TrialLog:
     def __init__(self):
         self._lines: deque[str] = deque()
         self._trial_of: dict[tuple, str] = {}  # (node ip, pid) → the trial that process runs now
+        self._ignored: dict[tuple, list[str]] = {}  # (node ip, pid) → an "Exception ignored" block so far
         self._lock = threading.Lock()
 
     def on_batch(self, data: dict) -> None:
@@ -38,9 +45,27 @@ class TrialLog:
                 self._trial_of[key] = started.group(1)
                 continue  # which trial runs where: in the trial's result rows (node_id, pid, device)
             trial_id = self._trial_of.get(key)
-            if trial_id is not None:  # not a trial's process: Ray's own workers and daemons
+            if trial_id is None:  # not a trial's process: Ray's own workers and daemons
+                continue
+            for kept in self._unless_ray_termination(key, line):
                 with self._lock:
-                    self._lines.append(f"[tuneloop] trial_{trial_id}: {line.removeprefix('[tuneloop] ')}")
+                    self._lines.append(f"[tuneloop] trial_{trial_id}: {kept.removeprefix('[tuneloop] ')}")
+
+    def _unless_ray_termination(self, key: tuple, line: str) -> list[str]:
+        """The lines to show now: an "Exception ignored in" block is held until its last line (the
+        exception's, unindented), then dropped if it is Ray's SIGTERM handler ending the process."""
+        block = self._ignored.get(key)
+        if block is None:
+            if not line.startswith(_IGNORED):
+                return [line]
+            self._ignored[key] = [line]
+            return []
+        block.append(line)
+        if not line or line[0].isspace() or line.startswith("Traceback"):
+            return []  # inside the traceback
+        del self._ignored[key]
+        ray_ended_it = line.startswith("SystemExit") and any(_RAY_TERMINATION in held for held in block)
+        return [] if ray_ended_it else block
 
     def drain(self) -> list[str]:
         """The lines collected since the last call, in the order they came."""
