@@ -90,8 +90,13 @@ def old_study(tmp_path: Path) -> None:
     """An Optuna study named like the experiment in a storage outside the experiment directory."""
     import optuna
 
-    study = optuna.create_study(study_name=NAME, storage=f"sqlite:///{tmp_path / 'studies.db'}")
-    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line in the command's output
+    try:
+        study = optuna.create_study(study_name=NAME, storage=f"sqlite:///{tmp_path / 'studies.db'}")
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def blocked_storage(tmp_path: Path) -> None:
@@ -216,6 +221,43 @@ CASES = [
          "bad_recipes.Net(outputs='three') must not raise", "TypeError: empty(): argument 'size'"),
     Case("optimizer_bad_value", run_(optimizer_config={"lr": -1.0}), "run.optimizer_config",
          "torch.optim.AdamW(model.parameters(), lr=-1.0) must not raise", "ValueError: Invalid learning rate: -1.0"),
+    # --- the trainer, precision, loaders (run.trainer, run.precision, run.loader_config, ...) ---
+    Case("dict_batch_with_the_default_step", data("dict_batches"), "run.data",
+         "a training batch must be a pair (inputs, targets) for the default Trainer.compute_loss (for other "
+         "batches, set run.trainer to a Trainer subclass that overrides compute_loss)",
+         "a dict: {features: shape (16, 8) float32, labels: shape (16,) int64}"),
+    Case("trainer_not_a_trainer", run_(trainer="bad_recipes.NotATrainer"), "run.trainer",
+         "must name a subclass of tuneloop.trainer.Trainer", "bad_recipes.NotATrainer (a type)"),
+    Case("criterion_null_with_the_default_step", run_(criterion=None), "run.criterion",
+         "must name a loss when the trainer (tuneloop.trainer.Trainer) does not override compute_loss", "null",
+         ("'torch.nn.CrossEntropyLoss'",)),
+    Case("compute_loss_returns_two_values", run_(data="bad_recipes.dict_batches", criterion=None,
+                                                 trainer="bad_recipes.TwoValueTrainer"), "run.trainer",
+         "bad_recipes.TwoValueTrainer.compute_loss must return a tuple (loss, outputs, targets)", "a tuple"),
+    Case("compute_loss_raises", run_(data="bad_recipes.dict_batches", criterion=None,
+                                     trainer="bad_recipes.KeyErrorTrainer"), "run.trainer",
+         "bad_recipes.KeyErrorTrainer.compute_loss on a batch of {features: shape (16, 8) float32, labels: shape "
+         "(16,) int64} must not raise", "KeyError: 'input_ids'"),
+    Case("collate_fn_not_a_batch", run_(collate_fn="bad_recipes.identity", data="bad_recipes.dict_batches",
+                                        criterion=None, trainer="bad_recipes.DictTrainer"), "run.trainer",
+         "bad_recipes.DictTrainer.compute_loss on a batch of type list must not raise", "TypeError: list indices"),
+    Case("collate_fn_missing", run_(collate_fn="bad_recipes.collate"), "run.collate_fn",
+         "bad_recipes has no attribute 'collate'", "'bad_recipes.collate'"),
+    Case("criterion_config_without_criterion", run_(criterion=None, criterion_config={"reduction": "sum"},
+                                                    trainer="bad_recipes.DictTrainer"), "run.criterion_config",
+         "is used only with a run.criterion, but run.criterion is null", "{'reduction': 'sum'}", ("'{}'",)),
+    Case("unknown_precision", run_(precision="fp8"), "run.precision", "must be one of the valid choices", "'fp8'",
+         ("'fp32'", "'bf16'", "'fp16'")),
+    Case("accumulate_steps_zero", run_(accumulate_steps=0), "run.accumulate_steps", "must be > 0", "0"),
+    Case("grad_clip_norm_negative", run_(grad_clip_norm=-1.0), "run.grad_clip_norm", "must be > 0", "-1.0"),
+    Case("unknown_compile_mode", run_(compile="fastest"), "run.compile",
+         "must be true, false or a torch.compile mode (default, reduce-overhead, max-autotune, "
+         "max-autotune-no-cudagraphs)", "'fastest'"),
+    Case("persistent_workers_without_workers", run_(loader_config={"persistent_workers": True}),
+         "run.loader_config.persistent_workers", "needs loader worker processes (num_workers > 0)", "True",
+         ("'num_workers: 2'",)),
+    Case("unknown_loader_option", run_(loader_config={"num_wokers": 2}), "run.loader_config.num_wokers",
+         "unknown key", "'num_wokers'", ("'num_workers'", "'pin_memory'")),
     # --- what only a sweep needs: search space, storage, resources, a new experiment directory -
     Case("sweep_without_search_space", sweep_(search_space={}), "sweep.search_space",
          "a sweep needs at least one parameter to search", "{}", ("optimizer_config.lr",), commands=SWEEP),

@@ -13,7 +13,7 @@ import torch
 
 from tuneloop import checkpoints as checkpointing
 from tuneloop._io import atomic_write_bytes
-from tuneloop.callbacks import (CheckpointCallback, EarlyStoppingCallback, LossPredictionCallback,
+from tuneloop.callbacks import (CheckpointCallback, EarlyStoppingCallback, GradientClippingCallback, LossPredictionCallback,
                                 OverfitDetectionCallback, TrainingCallback)
 from tuneloop.checkpoints import CheckpointError, CheckpointManager, collect_state, load_state, restore_state, save_state
 from tuneloop.metrics import accuracy
@@ -44,7 +44,7 @@ SCHEDULES = {
 }
 
 
-def build(digits, checkpoint_dir=None, seed=123, schedule="step"):
+def build(digits, checkpoint_dir=None, seed=123, schedule="step", **options):
     """Fresh model/optimizer/scheduler/callbacks: dropout, shuffled batches, the LR changing every epoch."""
     torch.manual_seed(seed)
     model = MLP(hidden=48, layers=2, dropout=0.3)
@@ -55,8 +55,10 @@ def build(digits, checkpoint_dir=None, seed=123, schedule="step"):
                  OverfitDetectionCallback(warmup_epochs=0, window_size=1), seen]
     if checkpoint_dir is not None:
         callbacks.append(CheckpointCallback(checkpoint_dir, keep_last_k=20, config_hash="abc"))
+    if options.pop("clip", None):
+        callbacks.append(GradientClippingCallback(0.5))
     trainer = Trainer(model, optimizer, scheduler, torch.nn.CrossEntropyLoss(), callbacks,
-                      metrics={"accuracy": accuracy})
+                      metrics={"accuracy": accuracy}, **options)
     train_set, val_set = digits
     train = make_loader(train_set, 128, shuffle=True, seed=5, device="cpu")
     val = make_loader(val_set, 256, shuffle=False, seed=5, device="cpu")
@@ -110,6 +112,25 @@ def test_exact_resume_from_the_epoch_2_checkpoint_is_bitwise(digits, tmp_path, s
     assert_state_dicts_equal(resumed.model.state_dict(), whole.model.state_dict())
     assert_state_dicts_equal(resumed.optimizer.state_dict(), whole.optimizer.state_dict())
     assert resumed.scheduler.state_dict() == whole.scheduler.state_dict()
+
+
+@pytest.mark.parametrize("options", [{"precision": "fp16", "accumulate_steps": 3, "clip": True},
+                                     {"precision": "bf16", "accumulate_steps": 2}])
+def test_exact_resume_with_mixed_precision_accumulation_and_clipping(digits, tmp_path, options):
+    """The fp16 loss scaler's state (its scale, its growth tracker) is in the checkpoint."""
+    whole, train, val, whole_seen = build(digits, **options)
+    whole.train(train, val, epochs=4)
+    first, train, val, _ = build(digits, tmp_path / "ck", **options)
+    first.train(train, val, epochs=2)
+    state = load_state(tmp_path / "ck" / "epoch_1", expected_hash="abc")
+    assert (state["scaler"] is not None) == (options["precision"] == "fp16")
+    torch.manual_seed(999)
+    resumed, train, val, resumed_seen = build(digits, seed=7, **options)
+    assert restore_state(resumed, state) == 2
+    resumed.train(train, val, epochs=4, start_epoch=2)
+    assert resumed_seen.rows == whole_seen.rows[2:]
+    assert_state_dicts_equal(resumed.model.state_dict(), whole.model.state_dict())
+    assert resumed.scaler.state_dict() == whole.scaler.state_dict()
 
 
 class Interrupt(TrainingCallback):

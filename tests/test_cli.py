@@ -56,7 +56,7 @@ def test_train_refuses_a_used_run_directory(tmp_path, capsys):
 def test_validate_runs_one_batch(capsys):
     assert cli.main(["validate", str(DIGITS)]) == 0
     out = capsys.readouterr().out
-    assert "valid" in out and "input (128, 64)" in out and "output (128, 10)" in out and "loss" in out
+    assert "valid" in out and "input shape (128, 64) float32" in out and "output shape (128, 10) float32" in out and "loss" in out
 
 
 @pytest.fixture

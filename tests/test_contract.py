@@ -20,7 +20,10 @@ from tuneloop.trainer import Trainer
 # repository, and a test must not compare the runner's list with itself when it is absent.
 SEED_HOOKS = ["on_train_begin", "on_train_epoch_begin", "on_train_step_end", "on_val_begin",
               "on_val_end", "on_epoch_end", "on_train_end"]
+# tuneloop's own hooks beyond the seed's, each with the seed hook it fires right before
+ADDED_HOOKS = {"on_before_optimizer_step": "on_train_step_end"}
 KWARGS = {  # each hook's keyword arguments besides trainer
+    "on_before_optimizer_step": {"optimizer"},
     "on_train_begin": {"epochs", "start_epoch"}, "on_train_epoch_begin": {"epoch"},
     "on_train_step_end": {"batch_idx", "loss"}, "on_val_begin": {"epoch"},
     "on_val_end": {"epoch", "val_loss", "metrics"},
@@ -34,15 +37,19 @@ PRIORITIES = {"NaNDetectionCallback": 5, "OptimizerModeCallback": 10, "GradientM
 def test_every_seed_hook_exists_on_the_base_class_and_the_runner_fires_exactly_those():
     for name in SEED_HOOKS:
         assert callable(getattr(TrainingCallback, name, None)), f"TrainingCallback lacks the seed's {name}"
-    assert list(EVENTS) == SEED_HOOKS  # no hook added or dropped, in the order of the seed's event flow
+    # no seed hook dropped, in the order of the seed's event flow; only the named hooks added
+    assert [event for event in EVENTS if event not in ADDED_HOOKS] == SEED_HOOKS
+    assert set(EVENTS) - set(SEED_HOOKS) == set(ADDED_HOOKS)
+    for added, before in ADDED_HOOKS.items():
+        assert EVENTS.index(added) == EVENTS.index(before) - 1
     runner = CallbackRunner([])
-    for name in SEED_HOOKS:
+    for name in EVENTS:
         runner.fire(name, trainer=None)
     with pytest.raises(ValueError, match="on_train_begin"):  # an unknown event names the valid ones
         runner.fire("on_batch_end", trainer=None)
 
 
-@pytest.mark.parametrize("name", SEED_HOOKS)
+@pytest.mark.parametrize("name", [*SEED_HOOKS, *ADDED_HOOKS])
 def test_every_seed_hook_is_a_no_op_with_the_spec_keyword_arguments(name):
     hook = getattr(TrainingCallback, name)
     params = inspect.signature(hook).parameters

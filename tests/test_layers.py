@@ -16,14 +16,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tuneloop"
 
 # bottom to top; a module may import its own layer and those below it
 LAYERS = [
-    {"_io", "storage", "checkpoints", "outcome", "curves", "metrics", "recipes"},
+    {"_io", "storage", "checkpoints", "outcome", "curves", "metrics", "batches"},
     {"config"},
     {"trainer", "callbacks"},
     {"training"},
     {"tune"},
     {"sweep"},
     {"reporting"},
-    {"cli", "__init__"},
+    {"cli", "__init__", "recipes"},  # the recipes are examples of user code: they may subclass the Trainer
 ]
 
 

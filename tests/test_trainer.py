@@ -490,3 +490,153 @@ def test_lr_is_the_first_param_groups_lr():
     optimizer = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.3},
                                  {"params": model[3].parameters(), "lr": 0.7}])
     assert Trainer(model, optimizer, None, torch.nn.CrossEntropyLoss()).lr == 0.3
+
+
+# --- any batch, a custom step, precision, accumulation ----------------------------------------
+
+class DictTrainer(Trainer):
+    """A model that takes a dict batch and computes its own loss (as a Hugging Face model does)."""
+
+    def compute_loss(self, batch):
+        logits = self.model(batch["features"])
+        return torch.nn.functional.cross_entropy(logits, batch["labels"]), logits, batch["labels"]
+
+
+class DictBatches:
+    """(features, labels) pairs served as dicts."""
+
+    def __init__(self, x, y, size):
+        self.x, self.y, self.size = x, y, size
+
+    def __len__(self):
+        return -(-len(self.x) // self.size)
+
+    def __iter__(self):
+        for start in range(0, len(self.x), self.size):
+            yield {"features": self.x[start:start + self.size], "labels": self.y[start:start + self.size]}
+
+
+def test_a_custom_step_on_dict_batches_trains_and_feeds_the_metrics():
+    x, y = data()
+    torch.manual_seed(0)
+    model = make_model()
+    trainer = DictTrainer(model, torch.optim.SGD(model.parameters(), lr=0.5), None, None,
+                          metrics={"accuracy": accuracy})
+    seen = Recorder()
+    trainer.callbacks.add(seen)
+    trainer.train(DictBatches(x, y, 16), DictBatches(x, y, 32), epochs=6)
+    first, last = seen.epochs[0], seen.epochs[-1]
+    assert last["val_loss"] < first["val_loss"]
+    assert 0.8 < last["metrics"]["val_accuracy"] <= 1.0
+    with torch.no_grad():  # the reported accuracy is the model's, over the whole validation set
+        assert last["metrics"]["val_accuracy"] == pytest.approx(accuracy(model.eval()(x), y).item(), abs=1e-6)
+
+
+class Recorder(TrainingCallback):
+    def __init__(self):
+        self.epochs = []
+
+    def on_epoch_end(self, trainer, *, epoch, train_loss, val_loss, metrics, **kwargs):
+        self.epochs.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "metrics": dict(metrics)})
+
+
+class NoTargets(Trainer):
+    """A self-supervised step: no targets, so no metrics; samples counted from the batch."""
+
+    def compute_loss(self, batch):
+        inputs, _ = batch
+        return self.model(inputs).pow(2).mean(), None, None
+
+
+def test_without_targets_there_are_no_metrics_and_samples_come_from_the_batch():
+    trainer = NoTargets(make_model(), torch.optim.SGD(make_model().parameters(), lr=0.0), None, None,
+                        metrics={"accuracy": accuracy})
+    recorder = Recorder()
+    trainer.callbacks.add(recorder)
+    x, y = data(n=40)
+    trainer.train(TensorBatches(x, y, 16), TensorBatches(x, y, 16), epochs=1)
+    assert math.isnan(recorder.epochs[0]["metrics"]["val_accuracy"])
+    trainer.model.eval()
+    with torch.no_grad():  # the mean over 40 samples in batches of 16, 16 and 8, weighted by size
+        expected = sum(float(trainer.model(x[s:s + 16]).pow(2).mean()) * len(x[s:s + 16]) for s in (0, 16, 32)) / 40
+    assert recorder.epochs[0]["val_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_default_step_names_what_it_needs():
+    trainer = make_trainer()
+    with pytest.raises(TypeError, match=r"needs a pair \(inputs, targets\), but got \{a: shape"):
+        trainer.compute_loss({"a": torch.ones(2, 6)})
+    no_criterion = Trainer(make_model(), torch.optim.SGD(make_model().parameters(), lr=0.1), None, None)
+    with pytest.raises(TypeError, match="run.criterion is null"):
+        no_criterion.compute_loss((torch.ones(2, 6), torch.zeros(2, dtype=torch.long)))
+
+
+def linear_model():
+    torch.manual_seed(3)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))  # no dropout, no norm
+
+
+@pytest.mark.parametrize("n", [96, 80])  # 80: the last optimizer step has one batch of 16 instead of two
+def test_accumulating_two_batches_of_b_matches_one_batch_of_2b(n):
+    x, y = data(n=n)
+    results = []
+    for batch_size, steps in ((32, 1), (16, 2)):
+        model = linear_model()
+        trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9), None,
+                          torch.nn.CrossEntropyLoss(), accumulate_steps=steps)
+        trainer.train(TensorBatches(x, y, batch_size), TensorBatches(x, y, 64), epochs=3)
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(results[0], torch.cat([p.detach().flatten() for p in linear_model().parameters()]))
+
+
+def test_accumulation_steps_the_optimizer_every_k_batches_and_after_the_last():
+    class Counting(TrainingCallback):
+        def __init__(self):
+            self.steps = []
+
+        def on_train_epoch_begin(self, trainer, **kwargs):
+            self.steps.append(0)
+
+        def on_before_optimizer_step(self, trainer, **kwargs):
+            self.steps[-1] += 1
+
+    counting = Counting()
+    trainer = make_trainer([counting], accumulate_steps=3)
+    x, y = data(n=112)  # 7 batches of 16: steps after batches 3, 6 and 7
+    trainer.train(TensorBatches(x, y, 16), TensorBatches(x, y, 32), epochs=2)
+    assert counting.steps == [3, 3]
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_mixed_precision_autocasts_the_forward_and_keeps_fp32_parameters(precision, dtype):
+    seen = set()
+    model = make_model()
+    model[0].register_forward_hook(lambda module, args, out: seen.add(out.dtype))
+    trainer = make_trainer(model=model, precision=precision)
+    final = trainer.train(*loaders(), epochs=2)
+    assert seen == {dtype}
+    assert math.isfinite(final)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert trainer.scaler.is_enabled() == (precision == "fp16")
+
+
+def test_an_fp16_step_the_scaler_skips_is_not_a_nan_stop():
+    """A loss scale of 2**24 overflows fp16 gradients: the scaler skips those steps and lowers the
+    scale until steps go through; the run neither stops nor reports a non-finite loss."""
+    model = make_model()
+    trainer = make_trainer([NaNDetectionCallback(), GradientMonitorCallback()], model=model, precision="fp16")
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 24)
+    before = [p.detach().clone() for p in model.parameters()]
+    final = trainer.train(*loaders(), epochs=3)
+    assert trainer.stop_reason is None and math.isfinite(final)
+    assert trainer.scaler.get_scale() < 2.0 ** 24  # steps were skipped
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # and later ones taken
+    assert math.isfinite(trainer._max_grad_norm)  # the skipped steps' inf norms are not reported
+
+
+def test_precision_and_accumulation_are_checked():
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, but got 'fp8'"):
+        make_trainer(precision="fp8")
+    with pytest.raises(ValueError, match="accumulate_steps >= 1 must hold, but got 0"):
+        make_trainer(accumulate_steps=0)

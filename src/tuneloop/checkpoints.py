@@ -1,7 +1,7 @@
 """Checkpoint contents (collect and restore the full training state) and the standalone layout.
 
 A checkpoint is one file `state.pt` holding: format version, epoch, config hash, model,
-optimizer, LR scheduler, the `state_dict()` of every stateful callback (EarlyStopping,
+optimizer, LR scheduler, the fp16 loss scaler (None under fp32/bf16), the `state_dict()` of every stateful callback (EarlyStopping,
 LossPrediction, OverfitDetection, ...), the RNG states (python, numpy, torch CPU and CUDA) as
 CPU tensors, and the epoch's record with the stop reason the run had then (so a run restored
 from the checkpoint of its own last epoch knows it had ended, and what it reported), so that
@@ -109,6 +109,7 @@ def collect_state(trainer, epoch: int, cfg_hash: str = "", val_loss: float | Non
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+        "scaler": trainer.scaler.state_dict() if trainer.scaler.is_enabled() else None,
         "callbacks": {name: cb.state_dict() for name, cb in _stateful_callbacks(trainer).items()},
         "rng": rng_state(),
     }
@@ -123,6 +124,8 @@ def restore_state(trainer, state: dict) -> int:
     """
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler") and trainer.scaler.is_enabled():  # a checkpoint of another precision has none
+        trainer.scaler.load_state_dict(state["scaler"])
     callbacks = _stateful_callbacks(trainer)
     for name, callback_state in state["callbacks"].items():
         if name in callbacks:

@@ -27,7 +27,11 @@ def make_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = commands.add_parser("train", help="one run of the experiment's RunConfig, no Tune")
-    _add_experiment(train)
+    train.add_argument("experiment", nargs="?", help="experiment YAML file (or --resume RUN_DIR)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a dotted key, value parsed as YAML (repeatable)")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue an interrupted run of `tuneloop train` from its latest checkpoint")
     train.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: run.device)")
     train.add_argument("--output", type=Path, help="run directory (default: STORAGE/NAME/train_TIMESTAMP)")
     train.add_argument("--seeds", type=int, metavar="N",
@@ -80,9 +84,33 @@ def load_checked(args, *, scheduler: bool = False):
     return cfg
 
 
-def cmd_train(args) -> int:
-    from tuneloop.training import run
+EXIT_INTERRUPTED = 130  # `tuneloop train` stopped by Ctrl-C (as a shell reports SIGINT)
 
+
+def cmd_train(args) -> int:
+    """`tuneloop train`: a new run, or `--resume` of one; Ctrl-C exits 130 saying how to continue."""
+    try:
+        from tuneloop.training import run
+
+        if args.resume is not None:
+            return resume_train(args, run)
+        return new_train(args, run)
+    except KeyboardInterrupt as stop:
+        print(getattr(stop, "line", None) or "[tuneloop] interrupted before training started; nothing was written",
+              flush=True)
+        return EXIT_INTERRUPTED
+
+
+def new_train(args, run) -> int:
+    """A run of the experiment file in a new run directory, after the one-batch preflight."""
+    import shlex
+
+    from tuneloop.config.errors import Verbatim
+    from tuneloop.training.preflight import preflight
+
+    if args.experiment is None:
+        raise UserError("exactly one of EXPERIMENT and --resume RUN_DIR must be given", key="tuneloop train",
+                        value=Verbatim("neither"))
     if args.seeds is not None and args.seeds < 1:
         raise UserError("must be at least 1", key="--seeds", value=args.seeds)
     with in_file(args.experiment):
@@ -90,20 +118,67 @@ def cmd_train(args) -> int:
     run_dir = args.output or run.default_run_dir(cfg)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UserError("the run directory must be new or empty", key="--output", value=str(run_dir))
+    with in_file(args.experiment):  # one batch before anything is written (seeds: on the CPU, as a sweep)
+        preflight(cfg, device=args.device if args.seeds is None else "cpu")
     if args.seeds is not None:
         from tuneloop.sweep.seeds import train_seeds
 
         with in_file(args.experiment):
-            results = train_seeds(cfg, run_dir=run_dir, seeds=args.seeds, device=args.device, address=args.address)
+            try:
+                results = train_seeds(cfg, run_dir=run_dir, seeds=args.seeds, device=args.device,
+                                      address=args.address)
+            except KeyboardInterrupt:
+                seed_dir = shlex.quote(str(run_dir / "seed_")) + "<S>"
+                raise run.Interrupted(f"[tuneloop] interrupted; a seed's run continues with: "
+                                      f"tuneloop train --resume {seed_dir}") from None
         print(f"results in {run_dir} (seeds.csv, seeds.json, seed_<S>/)")
         return 0 if all(r["stop_reason"] != "non_finite_loss" for r in results) else 1
     with in_file(args.experiment):
         result = run.train(cfg, run_dir=run_dir, device=args.device)
+    print_result(result)
+    return 0
+
+
+def resume_train(args, run) -> int:
+    """`--resume RUN_DIR`: the run continued with its own config.yaml from its latest intact checkpoint."""
+    from tuneloop.checkpoints import CheckpointError
+    from tuneloop.config import check_imports, load_experiment
+    from tuneloop.config.errors import Verbatim
+    from tuneloop.training.preflight import preflight
+
+    if args.experiment is not None:
+        raise UserError("exactly one of EXPERIMENT and --resume RUN_DIR must be given", key="tuneloop train",
+                        value=Verbatim(f"both ({args.experiment!r} and --resume {args.resume!r})"))
+    refused = {"--set": args.overrides[0] if args.overrides else None, "--seeds": args.seeds,
+               "--output": None if args.output is None else str(args.output)}
+    for flag, value in refused.items():
+        if value is not None:
+            raise UserError("must not be given with --resume (a resumed run keeps its config.yaml and directory)",
+                            key=flag, value=value)
+    run_dir = Path(args.resume)
+    config = run_dir / run.CONFIG_FILE
+    if not config.is_file():
+        raise UserError(f"must be a run directory of tuneloop train (holding {run.CONFIG_FILE})", key="--resume",
+                        value=args.resume)
+    with in_file(str(config)):
+        cfg = load_experiment(config)
+        check_imports(cfg)
+        preflight(cfg, device=args.device)
+        try:
+            result = run.train(cfg, run_dir=run_dir, device=args.device, resume=True)
+        except CheckpointError as exc:
+            raise UserError("the run's checkpoints must be of its config.yaml", file="", key="--resume",
+                            value=Verbatim(" ".join(str(exc).split()))) from None
+    print_result(result)
+    return 0
+
+
+def print_result(result) -> None:
+    """The one-line result of a run of `tuneloop train`."""
     best = f"{result.best_val_loss:.6g} at epoch {result.best_epoch}" if result.best_epoch is not None else "none"
     stop = f" (stopped: {result.stop_reason})" if result.stop_reason else ""
     print(f"final val_loss {result.final_val_loss:.6g}, best val_loss {best}, "
           f"{result.epochs_trained} epochs{stop}; results in {result.run_dir}")
-    return 0
 
 
 def cmd_sweep(args) -> int:
@@ -130,7 +205,7 @@ def cmd_validate(args) -> int:
         report = preflight(cfg, device=args.device)
     print(f"{args.experiment}: valid. One batch on {report['device']}: input {report['input_shape']} → "
           f"output {report['output_shape']}, target {report['target_shape']}, loss {report['loss']:.4g}; "
-          f"{report['train_samples']} train / {report['val_samples']} val samples, "
+          f"{report['train_samples'] or 'unknown'} train / {report['val_samples'] or 'unknown'} val samples, "
           f"{report['parameters']} parameters; search space: {len(cfg.sweep.search_space)} parameter(s)")
     return 0
 

@@ -7,16 +7,27 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
+from tuneloop.batches import describe, sample_count, to_device
 from tuneloop.callbacks.base import NON_FINITE_STOP, CallbackRunner, TrainingCallback
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # run.precision → autocast dtype
+
+
 class Trainer:
     """Trains `model` for a number of epochs and fires the callback events around each step.
 
-    `metrics` maps a name to `fn(outputs, targets) -> 0-dim tensor` (the batch mean); each is
-    averaged over the validation set on the device and passed to callbacks as `val_<name>`.
+    A batch may have any structure (a pair, a tuple, a dict, a dataclass, ...): every tensor in
+    it moves to `device`. `compute_loss(batch)` turns a batch into `(loss, outputs, targets)`:
+    override it for a custom step (a model that computes its own loss, dict batches). `metrics`
+    maps a name to `fn(outputs, targets) -> 0-dim tensor` (the batch mean); each is averaged over
+    the validation set on the device and passed to callbacks as `val_<name>`.
+
+    `precision`: "fp32", or "bf16"/"fp16" autocast around `compute_loss` (fp16 with a GradScaler).
+    `accumulate_steps`: the optimizer steps every k batches (and after the epoch's last batch),
+    each batch's loss divided by the number of batches in its step.
     """
 
     def __init__(
@@ -24,11 +35,17 @@ class Trainer:
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler,
-        criterion: Callable,
+        criterion: Callable | None,
         callbacks: CallbackRunner | Iterable[TrainingCallback] = (),
         device: str | torch.device = "cpu",
         metrics: Mapping[str, Metric] | None = None,
+        precision: str = "fp32",
+        accumulate_steps: int = 1,
     ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, but got {precision!r}")
+        if accumulate_steps < 1:
+            raise ValueError(f"accumulate_steps >= 1 must hold, but got {accumulate_steps}")
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.optimizer = optimizer
@@ -36,6 +53,10 @@ class Trainer:
         self.criterion = criterion
         self.callbacks = callbacks if isinstance(callbacks, CallbackRunner) else CallbackRunner(callbacks)
         self.metrics = dict(metrics or {})
+        self.precision = precision
+        self.accumulate_steps = accumulate_steps
+        # fp16 needs loss scaling; with enabled=False the scaler passes every call straight through
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.epochs: int = 0  # total epochs of the current `train()` call
         self.stop_reason: str | None = None  # why the last `train()` ended early, if it did
 
@@ -51,9 +72,12 @@ class Trainer:
         on_train_begin
           for epoch in start_epoch … epochs-1:
             on_train_epoch_begin
-              for batch: forward → backward → optimizer.step() → on_train_step_end
+              for batch: compute_loss → backward
+                every accumulate_steps batches (and after the last):
+                  on_before_optimizer_step → optimizer.step()
+                on_train_step_end
             on_val_begin
-              validation forward passes (no grad)
+              validation compute_loss (no grad)
             on_val_end
             on_epoch_end
             stop checks, in callback priority order (NaN → inf, early stop, …) → break
@@ -90,49 +114,93 @@ class Trainer:
         self.callbacks.fire("on_train_epoch_begin", trainer=self, epoch=epoch)
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
+        batches = _length(loader)
         loss_sum = torch.zeros((), device=self.device)
         count = 0
-        for batch_idx, (inputs, targets) in enumerate(loader):
-            inputs, targets = self._to_device(inputs), self._to_device(targets)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self.criterion(self.model(inputs), targets)
-            loss.backward()
-            self.optimizer.step()
-            loss = loss.detach()
-            n = len(targets)
+        for batch_idx, batch in enumerate(loader):
+            if batch_idx % self.accumulate_steps == 0:
+                self.optimizer.zero_grad(set_to_none=True)  # the gradients stay readable until the next step begins
+            batch = self.to_device(batch)
+            with self.autocast():
+                loss, _, targets = self.compute_loss(batch)
+            in_step = self._batches_in_step(batch_idx, batches)
+            self.scaler.scale(loss / in_step if in_step > 1 else loss).backward()
+            if (batch_idx + 1) % self.accumulate_steps == 0 or batch_idx + 1 == batches:
+                self.optimizer_step()
+            loss = loss.detach().float()
+            n = sample_count(batch, targets)
             loss_sum += loss * n
             count += n
             self.callbacks.fire("on_train_step_end", trainer=self, batch_idx=batch_idx, loss=loss)
+        if batches is None and count and (batch_idx + 1) % self.accumulate_steps:
+            self.optimizer_step()  # a loader without a length: its last, partial step
         _check_not_empty(count, "training", epoch)
         return float(loss_sum / count)
+
+    def optimizer_step(self) -> None:
+        """Unscale the gradients (fp16), fire on_before_optimizer_step, step (unless the scaler
+        skips a step with non-finite gradients)."""
+        self.scaler.unscale_(self.optimizer)
+        self.callbacks.fire("on_before_optimizer_step", trainer=self, optimizer=self.optimizer)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     @torch.no_grad()
     def val_epoch(self, loader, epoch: int) -> tuple[float, dict[str, float]]:
         """Validation pass: returns (val_loss, {"val_<metric>": value}), one host sync."""
         self.model.eval()
         self.callbacks.fire("on_val_begin", trainer=self, epoch=epoch)
-        sums = torch.zeros(1 + len(self.metrics), device=self.device)
-        count = 0
-        for inputs, targets in loader:
-            inputs, targets = self._to_device(inputs), self._to_device(targets)
-            outputs = self.model(inputs)
-            n = len(targets)
-            values = [self.criterion(outputs, targets)] + [fn(outputs, targets) for fn in self.metrics.values()]
-            sums += torch.stack([v.detach().float() for v in values]) * n
+        loss_sum = torch.zeros((), device=self.device)
+        metric_sums = torch.zeros(len(self.metrics), device=self.device)
+        count = metric_count = 0
+        for batch in loader:
+            batch = self.to_device(batch)
+            with self.autocast():
+                loss, outputs, targets = self.compute_loss(batch)
+            n = sample_count(batch, targets)
+            loss_sum += loss.detach().float() * n
             count += n
+            if self.metrics and outputs is not None and targets is not None:
+                values = [fn(outputs, targets).detach().float() for fn in self.metrics.values()]
+                metric_sums += torch.stack(values) * n
+                metric_count += n
         _check_not_empty(count, "validation", epoch)
-        means = (sums / count).tolist()
-        val_loss = means[0]
-        metrics = {f"val_{name}": value for name, value in zip(self.metrics, means[1:])}
+        sums = torch.cat([loss_sum.reshape(1), metric_sums]).tolist()
+        val_loss = sums[0] / count
+        metrics = {f"val_{name}": (value / metric_count if metric_count else math.nan)
+                   for name, value in zip(self.metrics, sums[1:])}
         self.callbacks.fire("on_val_end", trainer=self, epoch=epoch, val_loss=val_loss, metrics=metrics)
         return val_loss, metrics
 
-    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.device == self.device:
-            return tensor
-        # non_blocking only towards an accelerator: a non-blocking copy to the CPU may be read
-        # before it has landed.
-        return tensor.to(self.device, non_blocking=self.device.type != "cpu")
+    def compute_loss(self, batch) -> tuple[torch.Tensor, object, object]:
+        """`(loss, outputs, targets)` of one batch (on the device): override for a custom step.
+
+        The default takes a pair `(inputs, targets)` and applies the criterion. `outputs` and
+        `targets` feed the metrics; either may be None (no metrics for that batch).
+        """
+        if self.criterion is None:
+            raise TypeError("the default Trainer.compute_loss applies the criterion, but run.criterion is null: "
+                            "set one, or set run.trainer to a Trainer subclass whose compute_loss makes the loss")
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise TypeError("the default Trainer.compute_loss needs a pair (inputs, targets), but got "
+                            f"{describe(batch)}: override compute_loss (run.trainer) for other batches")
+        inputs, targets = batch
+        outputs = self.model(inputs)
+        return self.criterion(outputs, targets), outputs, targets
+
+    def to_device(self, batch):
+        """`batch` with every tensor in it on the trainer's device."""
+        return to_device(batch, self.device)
+
+    def autocast(self):
+        """The autocast context of `precision` (a no-op one for fp32)."""
+        dtype = PRECISIONS[self.precision]
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def _batches_in_step(self, batch_idx: int, batches: int | None) -> int:
+        """How many batches the optimizer step of batch `batch_idx` averages over."""
+        first = batch_idx - batch_idx % self.accumulate_steps
+        return self.accumulate_steps if batches is None else min(self.accumulate_steps, batches - first)
 
     def epoch_record(self, epoch: int, train_loss: float, val_loss: float, metrics: dict) -> dict:
         """The per-epoch record every logger and reporter uses (W&B, Tune, metrics.csv).
@@ -155,9 +223,17 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
 
+def _length(loader) -> int | None:
+    """The number of batches of `loader`, or None when it has no length (an iterable dataset)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
 def _check_not_empty(count: int, which: str, epoch: int) -> None:
     """An epoch without samples has no loss: say so instead of reporting a loss of 0."""
     if count == 0:
         raise ValueError(
             f"the {which} loader gave no samples in epoch {epoch}; loaders must be re-iterable "
-            f"collections of (inputs, targets) batches (a generator is used up after one pass)")
+            f"collections of batches (a generator is used up after one pass)")

@@ -170,7 +170,7 @@ def test_no_host_sync_per_step(monkeypatch):
         for i in range(n_batches):
             trainer.optimizer.zero_grad()
             torch.nn.functional.cross_entropy(trainer.model(x[8 * i:8 * i + 8]), y[8 * i:8 * i + 8]).backward()
-            monitor.on_train_step_end(trainer, batch_idx=i, loss=None)
+            monitor.on_before_optimizer_step(trainer, optimizer=trainer.optimizer)
         steps = counts["n"]
         monitor.on_epoch_end(trainer, epoch=0)
         return steps, counts["n"] - steps

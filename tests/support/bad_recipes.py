@@ -105,3 +105,57 @@ class Net(nn.Module):
     def forward(self, x):
         out = self.lin(x)
         return out.sum(-1) if self.squeeze else out
+
+
+class _Dicts(Dataset):
+    """Samples as dicts (as Hugging Face datasets give them): batches are dicts."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, index):
+        return {"features": self.x[index], "labels": self.y[index]}
+
+
+def dict_batches():
+    """Dict batches, which the default Trainer.compute_loss (a pair) cannot take."""
+    x, y = _blobs(64)
+    return _Dicts(x[:48], y[:48]), _Dicts(x[48:], y[48:])
+
+
+def identity(samples):
+    """A collate function that leaves the list of samples as it is: not a batch."""
+    return samples
+
+
+from tuneloop.trainer import Trainer  # noqa: E402  (the user's trainers below)
+
+
+class DictTrainer(Trainer):
+    """A correct custom step on dict batches."""
+
+    def compute_loss(self, batch):
+        logits = self.model(batch["features"])
+        return nn.functional.cross_entropy(logits, batch["labels"]), logits, batch["labels"]
+
+
+class TwoValueTrainer(Trainer):
+    """compute_loss returns (loss, outputs): the targets are missing."""
+
+    def compute_loss(self, batch):
+        logits = self.model(batch["features"])
+        return nn.functional.cross_entropy(logits, batch["labels"]), logits
+
+
+class KeyErrorTrainer(Trainer):
+    """compute_loss reads a key the batch does not have."""
+
+    def compute_loss(self, batch):
+        return self.model(batch["input_ids"]).sum(), None, None
+
+
+class NotATrainer:
+    """A class that is not a Trainer."""

@@ -128,3 +128,79 @@ def test_the_dataloader_fallback_trains_in_a_trainer():
                       lambda out, y: torch.nn.functional.mse_loss(out.squeeze(1), y.float()), [])
     value = trainer.train(make_loader(Squares(10), 4, True, 0, "cpu"), make_loader(Squares(10), 4, False, 0, "cpu"), 2)
     assert value == value and value > 0
+
+
+# --- loader options, collate functions, workers, iterable datasets -----------------------------
+
+class Augmented(Dataset):
+    """A map-style dataset with a random transform drawn from torch's RNG (in the worker that loads it)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        return {"x": torch.tensor([float(index)]), "noise": torch.rand(1), "y": torch.tensor(index)}
+
+
+def pairs(samples):
+    """A collate function: dict samples → (inputs with noise, labels)."""
+    x = torch.stack([s["x"] + 0 * s["noise"] for s in samples])
+    return torch.cat([x, torch.stack([s["noise"] for s in samples])], dim=1), torch.stack([s["y"] for s in samples])
+
+
+def epoch_batches(loader, epoch):
+    loader.set_epoch(epoch)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def test_workers_and_a_collate_function_repeat_each_epoch_exactly_as_a_fresh_loader_does():
+    """A resumed run builds a new loader and starts at epoch k: it must see what the first run saw
+    in epoch k, order and worker-side randomness alike."""
+    options = {"num_workers": 2, "drop_last": True}
+    first = make_loader(Augmented(37), 8, shuffle=True, seed=5, device="cpu", options=options, collate_fn=pairs)
+    assert isinstance(first, EpochSeededDataLoader) and first.num_workers == 2 and first.drop_last
+    seen = [epoch_batches(first, epoch) for epoch in range(3)]
+    assert [len(b) for b in seen] == [4, 4, 4]  # 37 samples, batches of 8, the partial one dropped
+    assert [y.tolist() for _, y in seen[0]] != [y.tolist() for _, y in seen[1]]
+    resumed = make_loader(Augmented(37), 8, shuffle=True, seed=5, device="cpu", options=options, collate_fn=pairs)
+    again = epoch_batches(resumed, 2)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(seen[2], again))
+
+
+def test_a_tensor_dataset_with_loader_options_goes_through_a_dataloader():
+    x, y = labelled(20)
+    assert isinstance(make_loader(TensorDataset(x, y), 4, True, 0, "cpu"), TensorBatches)
+    assert isinstance(make_loader(TensorDataset(x, y), 4, True, 0, "cpu", options={"drop_last": True}),
+                      EpochSeededDataLoader)
+    assert isinstance(make_loader(TensorDataset(x, y), 4, True, 0, "cpu", collate_fn=pairs), EpochSeededDataLoader)
+    pinned = make_loader(TensorDataset(x, y), 4, True, 0, "cpu", options={"pin_memory": True})
+    assert not pinned.pin_memory  # only for a CUDA device
+
+
+class Stream(torch.utils.data.IterableDataset):
+    """An iterable dataset without a length that orders its own samples per epoch."""
+
+    def __init__(self, n):
+        self.n, self.epoch = n, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.epoch))
+        for index in order.tolist():
+            yield torch.tensor([float(index)]), torch.tensor(index % 2)
+
+
+def test_an_iterable_dataset_is_told_the_epoch_and_trains():
+    from tuneloop.trainer import Trainer
+
+    loader = make_loader(Stream(30), 8, shuffle=True, seed=0, device="cpu")
+    assert epoch_order(loader, 1) != epoch_order(loader, 2)
+    model = torch.nn.Linear(1, 2)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), None, torch.nn.CrossEntropyLoss(),
+                      accumulate_steps=3)  # 4 batches, no length: the last step has one batch
+    assert torch.isfinite(torch.tensor(trainer.train(loader, make_loader(Stream(10), 8, False, 0, "cpu"), 2)))

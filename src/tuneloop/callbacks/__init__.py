@@ -1,8 +1,10 @@
-"""Callbacks: the base class, the runner, and the nine built-ins (one per module)."""
+"""Callbacks: the base class, the runner, the seed's nine built-ins and tuneloop's own (one per module)."""
 
 from tuneloop.callbacks.base import EVENTS, CallbackRunner, TrainingCallback
 from tuneloop.callbacks.checkpoint import CheckpointCallback
+from tuneloop.callbacks.compile import CompileCallback
 from tuneloop.callbacks.early_stopping import EarlyStoppingCallback
+from tuneloop.callbacks.gradient_clipping import GradientClippingCallback
 from tuneloop.callbacks.gradient_monitor import GradientMonitorCallback
 from tuneloop.callbacks.loss_prediction import LossPredictionCallback
 from tuneloop.callbacks.nan_detection import NaNDetectionCallback
@@ -16,4 +18,5 @@ __all__ = [
     "NaNDetectionCallback", "OptimizerModeCallback", "GradientMonitorCallback",
     "LossPredictionCallback", "OverfitDetectionCallback", "WandbLoggingCallback",
     "PrunerCallback", "EarlyStoppingCallback", "CheckpointCallback",
+    "CompileCallback", "GradientClippingCallback",
 ]

@@ -1,6 +1,7 @@
 """`TrainingCallback`, the base of every callback, and `CallbackRunner`, which fires events.
 
-The Trainer fires seven events; a callback overrides the hooks it cares about. Callbacks talk
+The Trainer fires eight events (the seed's seven and `on_before_optimizer_step`); a callback
+overrides the hooks it cares about. Callbacks talk
 to each other only through attributes on the trainer (see `Trainer.__init__`), and priority
 (lower runs earlier) guarantees the producer runs before the consumer.
 """
@@ -13,6 +14,7 @@ from typing import Any, Iterable
 EVENTS = (
     "on_train_begin",
     "on_train_epoch_begin",
+    "on_before_optimizer_step",
     "on_train_step_end",
     "on_val_begin",
     "on_val_end",
@@ -43,8 +45,11 @@ class TrainingCallback:
     def on_train_epoch_begin(self, trainer, *, epoch: int, **kwargs) -> None:
         """Before the first training batch of `epoch` (0-based, absolute)."""
 
+    def on_before_optimizer_step(self, trainer, *, optimizer, **kwargs) -> None:
+        """After backward (gradients unscaled under fp16), before each optimizer step: clip or inspect."""
+
     def on_train_step_end(self, trainer, *, batch_idx: int, loss, **kwargs) -> None:
-        """After `optimizer.step()`; `loss` is a detached 0-dim tensor (no host sync made)."""
+        """After each batch (and its optimizer step, if it ends one); `loss` is detached, 0-dim, unsynced."""
 
     def on_val_begin(self, trainer, *, epoch: int, **kwargs) -> None:
         """Before the validation pass of `epoch`."""

@@ -1,4 +1,4 @@
-"""GradientMonitorCallback: per-batch gradient L2 norm, epoch max in `trainer._max_grad_norm`."""
+"""GradientMonitorCallback: per-step gradient L2 norm, epoch max in `trainer._max_grad_norm`."""
 
 import math
 
@@ -10,8 +10,10 @@ from tuneloop.callbacks.base import TrainingCallback
 class GradientMonitorCallback(TrainingCallback):
     """Tracks the largest gradient norm of each epoch on the device (no host sync per step).
 
-    Batches whose norm exceeds `warn_threshold` are counted and reported in one line at epoch end;
-    a NaN/inf norm propagates into the epoch max and is reported, never hidden.
+    The norm is taken before each optimizer step (before any clipping, after fp16 unscaling).
+    Steps whose norm exceeds `warn_threshold` are counted and reported in one line at epoch end;
+    a NaN/inf norm propagates into the epoch max and is reported, never hidden, except under fp16
+    loss scaling, where a non-finite gradient makes the scaler skip that step (it is left out).
     """
 
     priority = 12
@@ -25,12 +27,15 @@ class GradientMonitorCallback(TrainingCallback):
         self._norms = []
         self._params = list(trainer.model.parameters())
 
-    def on_train_step_end(self, trainer, **kwargs):
+    def on_before_optimizer_step(self, trainer, **kwargs):
         grads = [p.grad for p in self._params if p.grad is not None]
         if grads:  # a few small device ops per step; the epoch's max is read once, at epoch end
             # The total per step (not the per-parameter norms), since the set of parameters with
             # a gradient may change from step to step (a branch the forward pass skips).
-            self._norms.append(torch.nn.utils.get_total_norm(grads))
+            norm = torch.nn.utils.get_total_norm(grads)
+            if trainer.scaler.is_enabled():  # the scaler skips a non-finite step: not a gradient the model took
+                norm = torch.where(torch.isfinite(norm), norm, torch.zeros_like(norm))
+            self._norms.append(norm)
 
     def on_epoch_end(self, trainer, *, epoch, **kwargs):
         if not self._norms:

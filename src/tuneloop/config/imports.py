@@ -91,13 +91,19 @@ RUN_SECTIONS = (("data", (), False), ("net", (), False), ("optimizer", ("params"
 def resolve_run(run, *, extra_keys: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Resolve the import paths of a RunConfig and check their keyword arguments.
 
-    Returns {"data", "net", "optimizer", "scheduler", "criterion": callables, "metrics": {name: fn},
-    "callbacks": [classes]}. `extra_keys[section]` are keyword names set later (by a search space).
+    Returns {"trainer": class, "data", "net", "optimizer", "scheduler", "criterion", "collate_fn":
+    callables (None when not set), "metrics": {name: fn}, "callbacks": [classes]}. `extra_keys[section]` are keyword names set later (by a search space).
     """
     from tuneloop.metrics import BUILTIN
 
     extra_keys = extra_keys or {}
-    resolved: dict[str, Any] = {"scheduler": None}
+    resolved: dict[str, Any] = {"scheduler": None, "criterion": None, "collate_fn": None}
+    for section in ("trainer", "collate_fn"):  # no keyword arguments of their own
+        path = getattr(run, section)
+        if path is not None:
+            resolved[section] = resolve(path, key=f"run.{section}")
+            if not callable(resolved[section]):
+                raise UserError("must name a class or function", key=f"run.{section}", value=path)
     for section, supplied, strict in RUN_SECTIONS:
         path = getattr(run, section)
         if path is None:

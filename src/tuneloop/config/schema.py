@@ -65,6 +65,30 @@ class WandbConfig(Strict):
     tags: list[str] = []
 
 
+class LoaderConfig(Strict):
+    """Keyword arguments of `torch.utils.data.DataLoader` (a TensorDataset of two tensors with the
+    defaults keeps the in-memory fast path instead)."""
+
+    num_workers: NonNegativeInt = 0
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    prefetch_factor: PositiveInt | None = None
+    drop_last: bool = False
+
+    @model_validator(mode="after")
+    def _workers(self) -> "LoaderConfig":
+        for key in ("persistent_workers", "prefetch_factor"):
+            if getattr(self, key) not in (None, False) and self.num_workers == 0:
+                raise _KeyedError(key, "needs loader worker processes (num_workers > 0)", getattr(self, key),
+                                  [f"{key}: {'false' if key == 'persistent_workers' else 'null'}",
+                                   "num_workers: 2"])
+        return self
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile(mode=)
+
+
 class CallbackSpec(BaseModel):
     """A user callback: `{class: my.module.MyCallback, **kwargs}`."""
 
@@ -78,20 +102,27 @@ class CallbackSpec(BaseModel):
 
 class RunConfig(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    trainer: ImportPath = "tuneloop.trainer.Trainer"  # a subclass overrides compute_loss for a custom step
     data: ImportPath
     data_config: dict[str, Any] = {}
+    collate_fn: ImportPath | None = None
+    loader_config: LoaderConfig = LoaderConfig()
     net: ImportPath
     net_config: dict[str, Any] = {}
     optimizer: ImportPath
     optimizer_config: dict[str, Any] = {}
     scheduler: ImportPath | None = None
     scheduler_config: dict[str, Any] = {}
-    criterion: ImportPath = "torch.nn.CrossEntropyLoss"
+    criterion: ImportPath | None = "torch.nn.CrossEntropyLoss"  # null: run.trainer's compute_loss makes the loss
     criterion_config: dict[str, Any] = {}
     metrics: list[str] = []
     epochs: PositiveInt
     batch_size: PositiveInt
     val_batch_size: PositiveInt = 1024
+    precision: Literal[PRECISIONS] = "fp32"
+    grad_clip_norm: PositiveFloat | None = None
+    accumulate_steps: PositiveInt = 1
+    compile: Union[bool, Literal[COMPILE_MODES]] = False
     seed: int = 0
     device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = "auto"
     early_stopping_config: EarlyStoppingConfig = EarlyStoppingConfig()
@@ -113,6 +144,21 @@ class RunConfig(Strict):
     def metric_keys(self) -> list[str]:
         """Names of the reported metrics that a sweep or a monitor may use."""
         return ["val_loss", "train_loss"] + [f"val_{m.rsplit('.', 1)[-1]}" for m in self.metrics]
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_mode(cls, value: Any) -> Any:
+        if not (isinstance(value, bool) or value in COMPILE_MODES):
+            raise ValueError(f"must be true, false or a torch.compile mode ({', '.join(COMPILE_MODES)}), "
+                             f"but got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _criterion_config_needs_a_criterion(self) -> "RunConfig":
+        if self.criterion is None and self.criterion_config:
+            raise _KeyedError("criterion_config", "is used only with a run.criterion, but run.criterion is null",
+                              self.criterion_config, ["{}"])
+        return self
 
     @model_validator(mode="after")
     def _monitors_exist(self) -> "RunConfig":

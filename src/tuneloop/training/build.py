@@ -16,11 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import IterableDataset, TensorDataset
 
-from tuneloop.callbacks import (CheckpointCallback, EarlyStoppingCallback, GradientMonitorCallback,
-                                LossPredictionCallback, NaNDetectionCallback, OptimizerModeCallback,
-                                OverfitDetectionCallback, TrainingCallback, WandbLoggingCallback)
+from tuneloop.batches import describe
+from tuneloop.callbacks import (CheckpointCallback, CompileCallback, EarlyStoppingCallback, GradientClippingCallback,
+                                GradientMonitorCallback, LossPredictionCallback, NaNDetectionCallback,
+                                OptimizerModeCallback, OverfitDetectionCallback, TrainingCallback,
+                                WandbLoggingCallback)
 from tuneloop.config.errors import UserError, Verbatim
 from tuneloop.config.imports import resolve_run
 from tuneloop.config.schema import RunConfig
@@ -61,11 +63,7 @@ class Step:
                         value=Verbatim(f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__)) from exc
 
 
-def shape(tensor) -> str:
-    """A value as messages describe it: `shape (16, 3) float32`, or `type list`."""
-    if isinstance(tensor, torch.Tensor):
-        return f"shape {tuple(tensor.shape)} {str(tensor.dtype).removeprefix('torch.')}"
-    return f"type {type(tensor).__name__}"
+shape = describe  # a value as messages show it: `shape (16, 3) float32`, `{input_ids: shape ...}`, `type list`
 
 
 def call(path: str, first: str, config: dict) -> str:
@@ -91,17 +89,23 @@ def build_data(run: RunConfig, resolved: dict) -> tuple[Any, Any]:
 class Loaders:
     train: Any
     val: Any
-    train_samples: int
-    val_samples: int
+    train_samples: int | None  # None: an iterable dataset without a length
+    val_samples: int | None
 
 
-def build_loaders(run: RunConfig, train_set, val_set, device: torch.device) -> Loaders:
-    """Batches of each split (non-empty, inputs and targets of one length), seeded by `run.seed`."""
+def build_loaders(run: RunConfig, train_set, val_set, device: torch.device, resolved: dict | None = None) -> Loaders:
+    """Batches of each split (non-empty, inputs and targets of one length), seeded by `run.seed`,
+    through `run.loader_config` and `run.collate_fn`."""
     sizes, loaders = {}, {}
+    collate_fn = (resolved or {}).get("collate_fn")
+    options = run.loader_config.model_dump()
     for split, dataset, batch_size, shuffle in (("train", train_set, run.batch_size, True),
                                                 ("val", val_set, run.val_batch_size, False)):
-        with Step("run.data", f"len() of the {split} split (a {type(dataset).__name__})"):
-            sizes[split] = len(dataset)
+        if isinstance(dataset, IterableDataset) and not hasattr(dataset, "__len__"):
+            sizes[split] = None  # known only by iterating it
+        else:
+            with Step("run.data", f"len() of the {split} split (a {type(dataset).__name__})"):
+                sizes[split] = len(dataset)
         tensors = getattr(dataset, "tensors", None)
         if isinstance(dataset, TensorDataset) and len(tensors) == 2 and len(tensors[0]) != len(tensors[1]):
             raise UserError(f"the {split} split's inputs and targets must have the same length", key="run.data",
@@ -110,7 +114,8 @@ def build_loaders(run: RunConfig, train_set, val_set, device: torch.device) -> L
             raise UserError(f"the {split} split of {run.data}() must not be empty", key="run.data",
                             value=Verbatim("0 samples"))
         with Step("run.data", f"batching the {split} split (a {type(dataset).__name__})"):
-            loaders[split] = make_loader(dataset, batch_size, shuffle=shuffle, seed=run.seed, device=device)
+            loaders[split] = make_loader(dataset, batch_size, shuffle=shuffle, seed=run.seed, device=device,
+                                         options=options, collate_fn=collate_fn)
     return Loaders(loaders["train"], loaders["val"], sizes["train"], sizes["val"])
 
 
@@ -139,9 +144,32 @@ def build_scheduler(run: RunConfig, resolved: dict, optimizer):
 
 
 def build_criterion(run: RunConfig, resolved: dict):
-    """`run.criterion(**run.criterion_config)`."""
+    """`run.criterion(**run.criterion_config)`, or None when run.criterion is null."""
+    if run.criterion is None:
+        return None
     with Step("run.criterion_config", call(run.criterion, "", run.criterion_config)):
         return resolved["criterion"](**run.criterion_config)
+
+
+def trainer_class(run: RunConfig, resolved: dict) -> type[Trainer]:
+    """`run.trainer`: Trainer or a subclass of it; a null criterion needs a subclass's compute_loss."""
+    cls = resolved.get("trainer") or Trainer
+    if not (isinstance(cls, type) and issubclass(cls, Trainer)):
+        raise UserError("must name a subclass of tuneloop.trainer.Trainer", key="run.trainer",
+                        value=Verbatim(f"{run.trainer} (a {type(cls).__name__})"))
+    if run.criterion is None and cls.compute_loss is Trainer.compute_loss:
+        raise UserError(f"must name a loss when the trainer ({run.trainer}) does not override compute_loss",
+                        key="run.criterion", value=Verbatim("null"), choices=["torch.nn.CrossEntropyLoss", "torch.nn.MSELoss"])
+    return cls
+
+
+def build_trainer(run: RunConfig, resolved: dict, model, optimizer, scheduler, criterion,
+                  callbacks: list[TrainingCallback], device: torch.device) -> Trainer:
+    """`run.trainer(...)` with the run's precision and gradient accumulation."""
+    with Step("run.trainer", f"{run.trainer}(model, optimizer, ...)"):
+        return trainer_class(run, resolved)(model, optimizer, scheduler, criterion, callbacks, device=device,
+                                            metrics=resolved["metrics"], precision=run.precision,
+                                            accumulate_steps=run.accumulate_steps)
 
 
 def build_user_callbacks(run: RunConfig, resolved: dict) -> list[TrainingCallback]:
@@ -166,6 +194,10 @@ def builtin_callbacks(run: RunConfig, *, checkpoint_dir: Path | None, staging: b
         OptimizerModeCallback(),
         LossPredictionCallback(run.epochs),
     ]
+    if run.compile:
+        callbacks.append(CompileCallback(None if run.compile is True else run.compile))
+    if run.grad_clip_norm is not None:
+        callbacks.append(GradientClippingCallback(run.grad_clip_norm))
     if run.gradient_monitor_config.enabled:
         callbacks.append(GradientMonitorCallback(run.gradient_monitor_config.warn_threshold))
     if run.overfit_config.enabled:
@@ -217,12 +249,12 @@ def build_run(run: RunConfig, *, device: torch.device, checkpoint_dir: Path | No
     """
     resolved = resolve_run(run)
     seed_everything(run.seed)
-    loaders = build_loaders(run, *build_data(run, resolved), device)
+    loaders = build_loaders(run, *build_data(run, resolved), device, resolved)
     model = build_model(run, resolved, device)
     optimizer = build_optimizer(run, resolved, model)
     scheduler = build_scheduler(run, resolved, optimizer)
     criterion = build_criterion(run, resolved)
     callbacks = [*builtin_callbacks(run, checkpoint_dir=checkpoint_dir, staging=staging, wandb_init=wandb_init),
                  *build_user_callbacks(run, resolved), *extra_callbacks]
-    trainer = Trainer(model, optimizer, scheduler, criterion, callbacks, device=device, metrics=resolved["metrics"])
+    trainer = build_trainer(run, resolved, model, optimizer, scheduler, criterion, callbacks, device)
     return Run(trainer, loaders.train, loaders.val, run)

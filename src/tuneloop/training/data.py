@@ -1,9 +1,13 @@
-"""Batching of in-memory datasets straight from device tensors (no per-sample collate)."""
+"""Batching: in-memory tensor datasets straight from device tensors (no per-sample collate), any
+other map-style or iterable Dataset through a `DataLoader` whose shuffling is seeded per epoch."""
 
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+
+DEFAULT_OPTIONS = {"num_workers": 0, "pin_memory": False, "persistent_workers": False, "prefetch_factor": None,
+                   "drop_last": False}  # run.loader_config's defaults (tuneloop.config.schema.LoaderConfig)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -52,22 +56,38 @@ class EpochSeededDataLoader(DataLoader):
     """A `DataLoader` whose shuffle order depends only on `seed` and the epoch (`set_epoch`).
 
     Like `TensorBatches`, so a resumed run sees the batches an uninterrupted one would have seen.
+    The workers' seeds come from the same generator, so random transforms in workers repeat per
+    epoch too (with `persistent_workers`, workers keep their RNG from epoch to epoch instead: a
+    resumed run's random transforms then differ). A dataset with `set_epoch` (an iterable one that
+    shuffles itself) is told the epoch as well.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int):
-        super().__init__(dataset, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator())
+    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int, **options):
+        if isinstance(dataset, IterableDataset):
+            shuffle = False  # an iterable dataset orders its own samples (DataLoader refuses shuffle=True)
+        super().__init__(dataset, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator(), **options)
         self.seed = seed
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.generator.manual_seed(epoch_seed(self.seed, epoch))  # the sampler draws from this generator
+        self.generator.manual_seed(epoch_seed(self.seed, epoch))  # the sampler and the workers' seeds draw from it
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, device: str | torch.device):
-    """`TensorBatches` for a `TensorDataset` of two tensors, else an `EpochSeededDataLoader`
-    (whose batches the Trainer moves to the device)."""
-    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, device: str | torch.device,
+                options: dict | None = None, collate_fn=None):
+    """`TensorBatches` for a `TensorDataset` of two tensors with the default `options` and no
+    `collate_fn`, else an `EpochSeededDataLoader` with them (whose batches the Trainer moves to the
+    device). `options`: DataLoader keyword arguments (`run.loader_config`); memory is pinned only
+    for a CUDA device, where it speeds up the copy."""
+    options = {**DEFAULT_OPTIONS, **(options or {})}
+    if (isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2 and options == DEFAULT_OPTIONS
+            and collate_fn is None):
         inputs, targets = dataset.tensors
         return TensorBatches(inputs, targets, batch_size, shuffle=shuffle, seed=seed, device=device)
-    return EpochSeededDataLoader(dataset, batch_size, shuffle, seed)
+    if options["prefetch_factor"] is None:
+        del options["prefetch_factor"]
+    options["pin_memory"] = options["pin_memory"] and torch.device(device).type == "cuda"
+    return EpochSeededDataLoader(dataset, batch_size, shuffle, seed, collate_fn=collate_fn, **options)
