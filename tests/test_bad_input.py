@@ -233,7 +233,7 @@ CASES = [
          ("'torch.nn.CrossEntropyLoss'",)),
     Case("compute_loss_returns_two_values", run_(data="bad_recipes.dict_batches", criterion=None,
                                                  trainer="bad_recipes.TwoValueTrainer"), "run.trainer",
-         "bad_recipes.TwoValueTrainer.compute_loss must return a tuple (loss, outputs, targets)", "a tuple"),
+         "bad_recipes.TwoValueTrainer.compute_loss must return a tuple (loss, outputs, targets)", "a tuple of length 2"),
     Case("compute_loss_raises", run_(data="bad_recipes.dict_batches", criterion=None,
                                      trainer="bad_recipes.KeyErrorTrainer"), "run.trainer",
          "bad_recipes.KeyErrorTrainer.compute_loss on a batch of {features: shape (16, 8) float32, labels: shape "
@@ -245,7 +245,7 @@ CASES = [
          "bad_recipes has no attribute 'collate'", "'bad_recipes.collate'"),
     Case("criterion_config_without_criterion", run_(criterion=None, criterion_config={"reduction": "sum"},
                                                     trainer="bad_recipes.DictTrainer"), "run.criterion_config",
-         "is used only with a run.criterion, but run.criterion is null", "{'reduction': 'sum'}", ("'{}'",)),
+         "must be empty when run.criterion is null (it configures the criterion)", "{'reduction': 'sum'}", ("'{}'",)),
     Case("unknown_precision", run_(precision="fp8"), "run.precision", "must be one of the valid choices", "'fp8'",
          ("'fp32'", "'bf16'", "'fp16'")),
     Case("accumulate_steps_zero", run_(accumulate_steps=0), "run.accumulate_steps", "must be > 0", "0"),
@@ -254,7 +254,7 @@ CASES = [
          "must be true, false or a torch.compile mode (default, reduce-overhead, max-autotune, "
          "max-autotune-no-cudagraphs)", "'fastest'"),
     Case("persistent_workers_without_workers", run_(loader_config={"persistent_workers": True}),
-         "run.loader_config.persistent_workers", "needs loader worker processes (num_workers > 0)", "True",
+         "run.loader_config.persistent_workers", "needs loader worker processes (num_workers > 0)", "true",
          ("'num_workers: 2'",)),
     Case("unknown_loader_option", run_(loader_config={"num_wokers": 2}), "run.loader_config.num_wokers",
          "unknown key", "'num_wokers'", ("'num_workers'", "'pin_memory'")),

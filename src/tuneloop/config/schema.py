@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt,
                       PositiveFloat, PositiveInt, TypeAdapter, ValidationError, field_validator, model_validator)
 
+from tuneloop.config.errors import Verbatim
 from tuneloop.config.schedulers import NAMES as SCHEDULER_NAMES
 from tuneloop.metrics import BUILTIN as BUILTIN_METRICS
 
@@ -79,7 +80,8 @@ class LoaderConfig(Strict):
     def _workers(self) -> "LoaderConfig":
         for key in ("persistent_workers", "prefetch_factor"):
             if getattr(self, key) not in (None, False) and self.num_workers == 0:
-                raise _KeyedError(key, "needs loader worker processes (num_workers > 0)", getattr(self, key),
+                raise _KeyedError(key, "needs loader worker processes (num_workers > 0)",
+                                  Verbatim("true" if key == "persistent_workers" else getattr(self, key)),
                                   [f"{key}: {'false' if key == 'persistent_workers' else 'null'}",
                                    "num_workers: 2"])
         return self
@@ -156,8 +158,8 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _criterion_config_needs_a_criterion(self) -> "RunConfig":
         if self.criterion is None and self.criterion_config:
-            raise _KeyedError("criterion_config", "is used only with a run.criterion, but run.criterion is null",
-                              self.criterion_config, ["{}"])
+            raise _KeyedError("criterion_config", "must be empty when run.criterion is null (it configures the "
+                              "criterion)", self.criterion_config, ["{}"])
         return self
 
     @model_validator(mode="after")

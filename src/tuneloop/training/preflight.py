@@ -81,8 +81,9 @@ def one_step(trainer: Trainer, run, batch):
         with Step("run.trainer", f"{run.trainer}.compute_loss on a batch of {shape(batch)}"):
             result = trainer.compute_loss(batch)
         if not (isinstance(result, tuple) and len(result) == 3):
+            length = f" of length {len(result)}" if isinstance(result, (tuple, list)) else ""
             raise UserError(f"{run.trainer}.compute_loss must return a tuple (loss, outputs, targets)",
-                            key="run.trainer", value=Verbatim(f"a {type(result).__name__}"))
+                            key="run.trainer", value=Verbatim(f"a {type(result).__name__}{length}"))
         return result
     inputs, targets = batch
     with Step("run.net", f"the model's forward pass on inputs of {shape(inputs)}"):
