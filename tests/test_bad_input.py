@@ -62,6 +62,14 @@ class Case:
         return self.id
 
 
+def with_callback(change):
+    """`change`, with one user callback (bad_recipes.ClipAt) in run.callbacks."""
+    def apply(run, sweep, ctx):
+        run["callbacks"] = [{"class": "bad_recipes.ClipAt", "max_norm": 1.0}]
+        change(run, sweep, ctx)
+    return apply
+
+
 def run_(**changes):
     return lambda run, sweep, ctx: run.update(changes)
 
@@ -179,6 +187,14 @@ CASES = [
     Case("search_key_not_an_optimizer_kwarg", space("optimizer_config.lrate", {"type": "float", "low": 0.01, "high": 0.1}),
          "sweep.search_space.optimizer_config.lrate", "unknown keyword argument of torch.optim.AdamW", "'lrate'",
          ("'lr'", "'weight_decay'")),
+    Case("search_key_callback_out_of_range", with_callback(space("callbacks.3.max_norm", {"type": "float", "low": 0.1, "high": 1})),
+         "sweep.search_space.callbacks.3.max_norm",
+         "must be callbacks.<index into run.callbacks>.<keyword argument>", "'callbacks.3.max_norm'",
+         ("'callbacks.0.<argument>'",)),
+    Case("search_key_not_a_callback_argument",
+         with_callback(space("callbacks.0.max_nrom", {"type": "float", "low": 0.1, "high": 1})),
+         "sweep.search_space.callbacks.0.max_nrom", "unknown keyword argument of bad_recipes.ClipAt", "'max_nrom'",
+         ("'max_norm'",)),
     Case("search_value_invalid_for_run", space("batch_size", {"type": "categorical", "choices": [16, 0]}),
          "sweep.search_space.batch_size.choices", "every value must be valid for run.batch_size, which must be > 0",
          "0"),

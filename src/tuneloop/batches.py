@@ -48,6 +48,9 @@ def to_device(batch: Any, device: torch.device) -> Any:
     """`batch` with every tensor on `device`: non-blocking from pinned memory to an accelerator (a
     non-blocking copy towards the CPU may be read before it has landed)."""
 
+    if type(batch) in (tuple, list) and all(isinstance(t, torch.Tensor) and t.device == device for t in batch):
+        return batch  # the common case (in-memory batches already on the device), without rebuilding it
+
     def move(tensor: torch.Tensor) -> torch.Tensor:
         if tensor.device == device:
             return tensor
@@ -59,6 +62,8 @@ def to_device(batch: Any, device: torch.device) -> Any:
 def sample_count(batch: Any, targets: Any = None) -> int:
     """How many samples a batch holds: the length of `targets` when given, else the leading
     dimension of the first tensor in `batch` (a shape, read without a device sync)."""
+    if isinstance(targets, torch.Tensor):
+        return int(targets.shape[0]) if targets.dim() else 1
     if targets is not None:
         first = tensors(targets)
         if first:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Iterable, Mapping
 
@@ -13,6 +14,7 @@ from tuneloop.callbacks.base import NON_FINITE_STOP, CallbackRunner, TrainingCal
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+_NO_AUTOCAST = contextlib.nullcontext()
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # run.precision → autocast dtype
 
 
@@ -55,7 +57,7 @@ class Trainer:
         self.metrics = dict(metrics or {})
         self.precision = precision
         self.accumulate_steps = accumulate_steps
-        # fp16 needs loss scaling; with enabled=False the scaler passes every call straight through
+        # fp16 needs loss scaling; fp32 and bf16 step the optimizer directly
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.epochs: int = 0  # total epochs of the current `train()` call
         self.stop_reason: str | None = None  # why the last `train()` ended early, if it did
@@ -124,7 +126,7 @@ class Trainer:
             with self.autocast():
                 loss, _, targets = self.compute_loss(batch)
             in_step = self._batches_in_step(batch_idx, batches)
-            self.scaler.scale(loss / in_step if in_step > 1 else loss).backward()
+            self._backward(loss / in_step if in_step > 1 else loss)
             if (batch_idx + 1) % self.accumulate_steps == 0 or batch_idx + 1 == batches:
                 self.optimizer_step()
             loss = loss.detach().float()
@@ -140,6 +142,10 @@ class Trainer:
     def optimizer_step(self) -> None:
         """Unscale the gradients (fp16), fire on_before_optimizer_step, step (unless the scaler
         skips a step with non-finite gradients)."""
+        if not self.scaler.is_enabled():
+            self.callbacks.fire("on_before_optimizer_step", trainer=self, optimizer=self.optimizer)
+            self.optimizer.step()
+            return
         self.scaler.unscale_(self.optimizer)
         self.callbacks.fire("on_before_optimizer_step", trainer=self, optimizer=self.optimizer)
         self.scaler.step(self.optimizer)
@@ -188,6 +194,10 @@ class Trainer:
         outputs = self.model(inputs)
         return self.criterion(outputs, targets), outputs, targets
 
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Backward from `loss`, scaled under fp16."""
+        (self.scaler.scale(loss) if self.scaler.is_enabled() else loss).backward()
+
     def to_device(self, batch):
         """`batch` with every tensor in it on the trainer's device."""
         return to_device(batch, self.device)
@@ -195,7 +205,7 @@ class Trainer:
     def autocast(self):
         """The autocast context of `precision` (a no-op one for fp32)."""
         dtype = PRECISIONS[self.precision]
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        return _NO_AUTOCAST if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
     def _batches_in_step(self, batch_idx: int, batches: int | None) -> int:
         """How many batches the optimizer step of batch `batch_idx` averages over."""

@@ -41,6 +41,13 @@ def test_distributions(tmp_path):
         assert domains["batch_size"].sample() in (16, 32)
 
 
+def test_apply_params_indexes_the_callbacks_list():
+    run = {"callbacks": [{"class": "a.B", "x": 1}, {"class": "c.D"}]}
+    out = apply_params(run, {"callbacks.1.max_norm": 2.5, "callbacks.0.x": 3})
+    assert out["callbacks"] == [{"class": "a.B", "x": 3}, {"class": "c.D", "max_norm": 2.5}]
+    assert run["callbacks"][1] == {"class": "c.D"}
+
+
 def test_apply_params_sets_dotted_keys_on_a_copy():
     run = {"net_config": {"hidden": 8}, "batch_size": 4}
     out = apply_params(run, {"net_config.hidden": 32, "batch_size": 16, "optimizer_config.lr": 0.5})

@@ -159,3 +159,13 @@ class KeyErrorTrainer(Trainer):
 
 class NotATrainer:
     """A class that is not a Trainer."""
+
+
+from tuneloop.callbacks import TrainingCallback  # noqa: E402
+
+
+class ClipAt(TrainingCallback):
+    """A user callback with one keyword argument."""
+
+    def __init__(self, max_norm: float = 1.0):
+        self.max_norm = max_norm

@@ -131,3 +131,14 @@ class Warner(TrainingCallback):
         warnings.warn(f"probe warning at epoch {epoch} of {tune.get_context().get_trial_id()}", UserWarning,
                       stacklevel=1)
         print(f"probe says epoch {epoch} ended", flush=True)
+
+
+class KnobCallback(TrainingCallback):
+    """Reports its constructor argument `knob` as a metric of every epoch (`knob`): what a swept
+    callback argument really was inside the trial."""
+
+    def __init__(self, knob: float = 0.0):
+        self.knob = float(knob)
+
+    def on_val_end(self, trainer, *, metrics, **kwargs):
+        metrics["knob"] = self.knob

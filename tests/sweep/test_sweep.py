@@ -143,6 +143,23 @@ def test_user_callback_and_fresh_state_with_reused_actors(tmp_path):
     assert len({r[0]["pid"] for r in rows.values()}) == 1
 
 
+def test_a_callbacks_argument_is_swept_and_reaches_the_callback_in_each_trial(tmp_path):
+    experiment = probe_experiment(tmp_path, num_samples=3, epochs=2,
+                                  search_space={"callbacks.0.knob": {"type": "float", "low": 1.0, "high": 2.0}})
+    experiment["run"]["callbacks"] = [{"class": "tl_testing.KnobCallback", "knob": 0.0}]
+    status, directory = run_sweep(tmp_path, experiment)
+    assert status == 0
+    rows = trial_rows(directory)
+    assert len(rows) == 3
+    for trial_rows_ in rows.values():
+        swept = trial_rows_[0]["config"]["callbacks.0.knob"]
+        assert 1.0 <= swept <= 2.0
+        assert [row["knob"] for row in trial_rows_] == [swept, swept]
+    study = study_of(directory)
+    assert sorted(t.params["callbacks.0.knob"] for t in study.trials) == sorted(
+        r[0]["config"]["callbacks.0.knob"] for r in rows.values())
+
+
 def test_optuna_storage_url(tmp_path):
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     experiment = probe_experiment(tmp_path, epochs=2, num_samples=2, optuna_storage=url)

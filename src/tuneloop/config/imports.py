@@ -119,7 +119,8 @@ def resolve_run(run, *, extra_keys: dict[str, list[str]] | None = None) -> dict[
     resolved["callbacks"] = []
     for index, spec in enumerate(run.callbacks):
         cls = resolve(spec.class_, key=f"run.callbacks.{index}.class")
-        check_kwargs(cls, spec.kwargs, key=f"run.callbacks.{index}", path=spec.class_)
+        kwargs = [*spec.kwargs, *(k for k in extra_keys.get(f"callbacks.{index}", ()) if k not in spec.kwargs)]
+        check_kwargs(cls, kwargs, key=f"run.callbacks.{index}", path=spec.class_)
         resolved["callbacks"].append(cls)
     return resolved
 
@@ -134,7 +135,8 @@ def check_imports(cfg: ExperimentConfig) -> dict[str, Any]:
     """Resolve every import path of `run`, check keyword arguments (search-space keys included)
     and the sampler; return the resolved objects. Runs the user's modules, like a Python script.
     (The scheduler's keyword arguments are Ray Tune's: `tuneloop.tune.schedulers.check_scheduler`.)"""
-    sections = ("data_config", "net_config", "optimizer_config", "scheduler_config", "criterion_config")
+    sections = ("data_config", "net_config", "optimizer_config", "scheduler_config", "criterion_config",
+                *(f"callbacks.{index}" for index in range(len(cfg.run.callbacks))))
     try:
         resolved = resolve_run(cfg.run, extra_keys={s: _space_keys(cfg, s) for s in sections})
         _check_sampler(cfg)

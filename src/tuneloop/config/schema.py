@@ -333,7 +333,17 @@ def _check_run_key(run: RunConfig, dotted: str) -> None:
     """A search-space key must reach a field of `run` (free-form `*_config` dicts take any sub-key)."""
     key = f"sweep.search_space.{dotted}"
     head, _, rest = dotted.partition(".")
-    fields = [f for f in RunConfig.model_fields if f not in ("name", "callbacks")]
+    fields = [f for f in RunConfig.model_fields if f != "name"]
+    if head == "callbacks":  # callbacks.<index>.<keyword argument of that callback's class>
+        index, _, name = rest.partition(".")
+        valid = [f"callbacks.{i}.<argument>" for i in range(len(run.callbacks))]
+        if not (index.isdigit() and int(index) < len(run.callbacks)) or not name or "." in name:
+            raise _KeyedError(key, "must be callbacks.<index into run.callbacks>.<keyword argument>", dotted,
+                              valid or ["(run.callbacks is empty)"])
+        if name == "class":
+            raise _KeyedError(key, "a callback's class cannot be searched, only its keyword arguments", dotted,
+                              valid)
+        return
     if head not in fields:
         raise _KeyedError(key, "must be a dotted path into run", dotted, fields)
     value = getattr(run, head)
@@ -353,6 +363,8 @@ def _check_run_values(run: RunConfig, dotted: str, param) -> None:
     sets (`batch_size`, `epochs`, `early_stopping_config.patience`, ...): a trial would fail on it.
     Free-form `*_config` dicts are checked against the user's code by `check_imports`/the preflight."""
     head, _, rest = dotted.partition(".")
+    if head == "callbacks":  # the callback's own arguments: checked against its class by check_imports
+        return
     value = getattr(run, head)
     model, name = (type(value), rest) if isinstance(value, BaseModel) else (RunConfig, head)
     if isinstance(value, dict) or name not in model.model_fields:

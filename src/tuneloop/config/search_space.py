@@ -29,13 +29,14 @@ def to_optuna(space: dict) -> dict[str, optuna.distributions.BaseDistribution]:
 
 
 def apply_params(run: dict, params: dict[str, Any]) -> dict:
-    """A copy of the `run` mapping with each dotted key of `params` set (e.g. `optimizer_config.lr`)."""
+    """A copy of the `run` mapping with each dotted key of `params` set (e.g. `optimizer_config.lr`,
+    or `callbacks.0.max_norm`: a number indexes a list)."""
     run = copy.deepcopy(run)
     for dotted, value in params.items():
         node = run
         *parents, last = dotted.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
         node[last] = value
     return run
 
