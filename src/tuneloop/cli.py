@@ -243,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:  # Ctrl-C while the command starts (its own phases say more where they can)
+        print("[tuneloop] interrupted", flush=True)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ test_experiment_restore)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -168,6 +169,57 @@ def test_an_interrupt_after_every_trial_started_leaves_the_sweep_resumable(tmp_p
     study = optuna.load_study(study_name="probe", storage=f"sqlite:///{directory / 'optuna.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert all(len(t.intermediate_values) == 30 for t in study.trials)
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_as_the_first_trials_start_lists_them_unfinished_with_their_config(tmp_path, ray_tmp):
+    """SIGINT as soon as Tune's fit shows its first progress line: the trials are starting (their
+    actors may not even be up, so they never report). They are `running` with their config in the
+    table, results.csv and the count — never `failed` — and the resume completes them."""
+    experiment = probe_experiment(tmp_path, epochs=3, num_samples=3, max_concurrent_trials=2)
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(experiment))
+    process = launch(["sweep", "experiment.yaml"], ray_tmp, tmp_path)  # not --quiet: the live table
+    lines = []
+    for line in process.stdout:  # the first progress line is printed when the fit begins
+        lines.append(line)
+        if "done (" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    output = "".join(lines) + process.communicate(timeout=180)[0]
+    assert process.returncode == 130, output
+    assert "Traceback" not in output and "Tuner.restore" not in output
+    assert "[tuneloop] stopping:" in output
+    directory = tmp_path / "results" / "probe"
+    rows = list(csv.DictReader((directory / "results.csv").open()))
+    assert rows and {r["state"] for r in rows} <= {"running", "complete", "pruned"}, rows
+    unfinished = [r for r in rows if r["state"] == "running"]
+    assert unfinished and all(r["optimizer_config.lr"] not in ("", "None") for r in rows)
+    assert f"{len(unfinished)} trial(s) unfinished" in output and " 0 failed" in output
+
+    resume = launch(["resume", str(directory)], ray_tmp, tmp_path)
+    output, _ = resume.communicate(timeout=240)
+    assert resume.returncode == 0, output
+    study = optuna.load_study(study_name="probe", storage=f"sqlite:///{directory / 'optuna.db'}")
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 3
+
+
+@pytest.mark.ray
+def test_a_ctrl_c_before_tune_starts_exits_130_without_a_traceback(tmp_path, ray_tmp):
+    """SIGINT while Ray starts (before Tune's own Ctrl-C handling): one line, exit 130, Ray's
+    processes gone, and nothing written (the run can simply be started again)."""
+    experiment = probe_experiment(tmp_path)
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(experiment))
+    process = launch(["sweep", "experiment.yaml", "--quiet"], ray_tmp, tmp_path)
+    deadline = time.monotonic() + 120
+    while not any(Path(ray_tmp).glob("**/session_*")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # Ray's session directory appears as ray.init starts its processes
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "Traceback" not in output
+    assert output.strip().splitlines()[-1].startswith("[tuneloop] interrupted"), output
+    assert not (tmp_path / "results").exists()
+    assert ray_processes_after(ray_tmp) == []
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 import logging
 
-from tuneloop.tune.session import _transient_sync_race, quiet_transient_sync_races
+from tuneloop.tune.session import _interrupt_notice, _no_metrics_notice, _transient_sync_race, filter_ray_notices
 from tuneloop.tune.trial_log import START, TrialLog
 from tuneloop.tune import _compat
 
@@ -67,8 +67,23 @@ def test_a_sync_that_lost_the_race_with_an_atomic_rename_is_not_shown_and_others
     assert not _transient_sync_race(raced)
     assert _transient_sync_race(missing) and _transient_sync_race(denied)
 
-    quiet_transient_sync_races()
-    quiet_transient_sync_races()
+    filter_ray_notices()
+    filter_ray_notices()
     logger = logging.getLogger(_compat.SYNCER_LOGGER)
     assert logger.filters.count(_transient_sync_race) == 1
     assert not logger.filter(raced) and logger.filter(missing)
+
+
+def record(logger: str, message: str) -> logging.LogRecord:
+    return logging.LogRecord(logger, logging.WARNING, "tune.py", 1, message, None, None)
+
+
+def test_tunes_ctrl_c_notices_are_said_in_tuneloops_words(capsys):
+    stop = record(_compat.TUNE_LOGGER, "Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run. ...")
+    hint = record(_compat.TUNE_LOGGER, "Experiment has been interrupted, but the most recent state was saved.\n"
+                                       "Resume experiment with: Tuner.restore(path=...)")
+    other = record(_compat.TUNE_LOGGER, "Trial xyz failed")
+    assert not _interrupt_notice(stop) and not _interrupt_notice(hint) and _interrupt_notice(other)
+    assert capsys.readouterr().out.startswith("[tuneloop] stopping: the running trials stop")
+    assert not _no_metrics_notice(record(_compat.ANALYSIS_LOGGER, "Failed to fetch metrics for 2 trial(s):"))
+    assert _no_metrics_notice(record(_compat.ANALYSIS_LOGGER, "something else"))

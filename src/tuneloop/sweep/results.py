@@ -14,7 +14,7 @@ from tuneloop._io import atomic_write_text
 from tuneloop.config.schema import ExperimentConfig
 from tuneloop.config.search_space import apply_params, short_value
 from tuneloop.config.yaml12 import dump_yaml
-from tuneloop.outcome import best, outcome
+from tuneloop.outcome import RUNNING, best, outcome
 from tuneloop.storage import TRIAL_PROGRESS, TRIAL_RESULTS, Storage
 from tuneloop.sweep.paths import BEST_FILE, RESULTS_FILE
 
@@ -82,6 +82,7 @@ def summarize(cfg: ExperimentConfig, results, trial_ends) -> list[TrialRow]:
     unfinished: Tune's status says so, or `trial_ends`, a TrialEnds, knows it never ended)."""
     cut = trial_ends.cut_short()
     unfinished = {t.trial_id for t in trial_ends.trials if t.status in UNFINISHED or t.trial_id in cut}
+    configs = {t.trial_id: t.config for t in trial_ends.trials}  # a trial that never reported has no result config
     rows = []
     for result in results:
         history = result.metrics_dataframe
@@ -92,11 +93,16 @@ def summarize(cfg: ExperimentConfig, results, trial_ends) -> list[TrialRow]:
         finite = [v for v in losses if isinstance(v, float) and math.isfinite(v)]
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
+        # A trial that neither reported nor raised never got going: an interrupt stopped it as it
+        # started (Tune then marks it TERMINATED), so it is unfinished, not failed.
+        never_reported = "epoch" not in metrics and result.error is None  # (Tune's default result: its id)
         rows.append(TrialRow(
             trial_id=trial_id,
-            state="running" if trial_id in unfinished else trial_state(cfg, metrics, result.error is not None),
+            state=RUNNING if trial_id in unfinished or never_reported
+            else trial_state(cfg, metrics, result.error is not None),
             epochs=len(losses), best_val_loss=min(finite) if finite else math.inf,
-            last_metric=metrics.get(cfg.sweep.metric, math.nan), config=dict(result.config or {})))
+            last_metric=metrics.get(cfg.sweep.metric, math.nan),
+            config=dict(result.config or configs.get(trial_id) or {})))
     return rows
 
 

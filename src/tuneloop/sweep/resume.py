@@ -14,9 +14,9 @@ from pathlib import Path
 from tuneloop.config.errors import UserError
 from tuneloop.config.loading import load_experiment
 from tuneloop.config.schema import ExperimentConfig
-from tuneloop.storage import Storage, is_remote, tune_storage
+from tuneloop.storage import Storage, is_remote
 from tuneloop.sweep.paths import DONE_FILE, DRIVER_FILES, EXPERIMENT_FILE, experiment_dir, sweep_place
-from tuneloop.sweep.run import drive, holding
+from tuneloop.sweep.run import drive, holding, interrupted_early, tune_state_exists
 
 
 def resume_sweep(target: str | Path, *, address: str | None = None, quiet: bool = False) -> int:
@@ -35,14 +35,22 @@ def resume_sweep(target: str | Path, *, address: str | None = None, quiet: bool 
     directory = _local_directory(str(target))
     cfg = load_sweep(directory, shown=str(target))
     place = sweep_place(cfg)
+    try:
+        return _resume(cfg, place, directory, target, address=address, quiet=quiet)
+    except KeyboardInterrupt:  # before Tune took over Ctrl-C
+        return interrupted_early(cfg, place, resume=True)
+
+
+def _resume(cfg: ExperimentConfig, place, directory: Path, target, *, address: str | None, quiet: bool) -> int:
+    from tuneloop.sweep.tuner import restore_tuner
+    from tuneloop.tune.state import relocate, repair
+
     with holding(directory, "resumed", key="EXPERIMENT_DIR", value=str(target)):  # before Ray starts
         if (directory / DONE_FILE).is_file():
             print(f"the sweep in {directory} already finished; nothing to resume "
                   f"(`tuneloop report {directory}` summarizes it)")
             return 0
-        filesystem = tune_storage(cfg.sweep)[1]
-        storage_path = place.storage.root if filesystem is not None else place.storage.uri  # Tune's spelling
-        if not tune.Tuner.can_restore(storage_path, storage_filesystem=filesystem):
+        if not tune_state_exists(cfg, place):
             raise UserError("is not a tuneloop sweep directory (no Tune state in its storage)",
                             key="EXPERIMENT_DIR", value=place.storage.uri)
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 from tuneloop._io import atomic_write_text
 from tuneloop.config.schema import ExperimentConfig
 from tuneloop.config.yaml12 import dump_yaml
-from tuneloop.storage import TRIAL_ERROR, SweepPlace
+from tuneloop.storage import TRIAL_ERROR, SweepPlace, tune_storage
 from tuneloop.sweep.checks import (check_cluster_resources, check_local_resources, check_new_experiment,
                                    check_search_space, check_shared_storage, check_storage, check_study, unusable)
 from tuneloop.sweep.locking import DirectoryUnusable, clear_directory, experiment_lock
@@ -30,9 +30,17 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, quiet: bool 
               overwrite: bool = False) -> int:
     """Run the sweep of `cfg`; print the table and the best config; return the exit status.
     Raises UserError (exit 2) before anything is written when the sweep cannot run."""
+    place = sweep_place(cfg)
+    try:
+        return _run_sweep(cfg, place, address=address, quiet=quiet, overwrite=overwrite)
+    except KeyboardInterrupt:  # before Tune took over Ctrl-C (it ends its own fit with a summary)
+        return interrupted_early(cfg, place, resume=False)
+
+
+def _run_sweep(cfg: ExperimentConfig, place: SweepPlace, *, address: str | None, quiet: bool,
+               overwrite: bool) -> int:
     from tuneloop.tune.session import local_ray
 
-    place = sweep_place(cfg)
     check_search_space(cfg)
     check_storage(cfg, place.storage)
     check_new_experiment(cfg, place.directory, place.storage, overwrite=overwrite)
@@ -61,6 +69,39 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, quiet: bool 
                   else ("sweep.local_dir", cfg.sweep.local_dir))
     with holding(place.directory, "run", key=key, value=value):  # one driver per experiment directory
         return drive(cfg, place, start, address, quiet)
+
+
+def interrupted_early(cfg: ExperimentConfig, place: SweepPlace, *, resume: bool) -> int:
+    """Ctrl-C before Tune's fit began (imports, checks, Ray starting) or during its final save:
+    Ray left, one line saying what the user can do, exit status 130 — no traceback."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    directory = place.directory
+    if tune_state_exists(cfg, place):
+        print(f"[tuneloop] interrupted; continue with `tuneloop resume {directory}`", flush=True)
+    elif resume:
+        print(f"[tuneloop] interrupted before the sweep went on; resume it again: `tuneloop resume {directory}`",
+              flush=True)
+    elif directory.exists():
+        print(f"[tuneloop] interrupted before any trial started; start again with --overwrite "
+              f"(the experiment directory {directory} holds no trial)", flush=True)
+    else:
+        print("[tuneloop] interrupted before the sweep started; nothing was written", flush=True)
+    return INTERRUPTED
+
+
+def tune_state_exists(cfg: ExperimentConfig, place: SweepPlace) -> bool:
+    """Whether Tune saved the experiment's state in the storage (then `tuneloop resume` can continue)."""
+    from ray import tune
+
+    filesystem = tune_storage(cfg.sweep)[1]
+    path = place.storage.root if filesystem is not None else place.storage.uri  # as Tune spells it
+    try:
+        return tune.Tuner.can_restore(path, storage_filesystem=filesystem)
+    except Exception:  # no storage directory yet, or a storage that cannot be read now
+        return False
 
 
 @contextmanager

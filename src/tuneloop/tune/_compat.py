@@ -68,6 +68,15 @@ def function_trainable_waiting_for_its_thread(function, timeout_s: float):
 
 
 CHECKPOINT_LOGGER = "ray.train._internal.storage"  # logs "Checkpoint successfully created" per checkpoint
+# Tune's notices at Ctrl-C (ray/tune/tune.py): the stop, then "Resume experiment with: Tuner.restore(...)",
+# which is not how a tuneloop sweep resumes.
+TUNE_LOGGER = "ray.tune.tune"
+TUNE_STOP_NOTICE = "Stop signal received"
+TUNE_RESUME_NOTICES = ("Experiment has been interrupted", "Training has been interrupted")
+# Warns, when the sweep's results are read, of each trial without result files: a trial an interrupt
+# stopped as it started (the summary lists it as running).
+ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
+NO_METRICS_NOTICE = "Failed to fetch metrics for"
 # Logs a traceback (in the message) for a sync of the driver's staging directory that failed; the next sync retries.
 SYNCER_LOGGER = "ray.train._internal.syncer"
 # Tune writes its searcher state atomically through `.<uuid>-tmp-<name>` files (ray.tune.search.searcher);

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 
 from tuneloop.tune import _compat
 from tuneloop.tune.credentials import keep_credentials_out_of_ray
@@ -60,11 +62,11 @@ def ensure_ray(address: str | None, *, trial_log=None) -> bool:
     import ray
 
     apply_tune_settings()
-    quiet_transient_sync_races()
+    filter_ray_notices()
     keep_credentials_out_of_ray()  # Ray Tune would log the driver's AWS keys (tuneloop.tune.credentials)
     if ray.is_initialized():
         return False
-    with _quiet_token_auth_notice():
+    with _quiet_token_auth_notice(), _interrupt_after():
         ray.init(address=ray_address(address), include_dashboard=False, log_to_driver=True,
                  configure_logging=True, logging_level="WARNING")
     if trial_log is not None:
@@ -82,12 +84,53 @@ def _transient_sync_race(record: logging.LogRecord) -> bool:
     return not (last_line.startswith("FileNotFoundError") and _compat.ATOMIC_WRITE_TMP_MARK in last_line)
 
 
-def quiet_transient_sync_races() -> None:
-    """Drop Ray's warning and traceback for a driver sync that lost that race (any other failed sync
-    is still shown). Installed once per process."""
-    logger = logging.getLogger(_compat.SYNCER_LOGGER)
-    if _transient_sync_race not in logger.filters:
-        logger.addFilter(_transient_sync_race)
+def _interrupt_notice(record: logging.LogRecord) -> bool:
+    """Tune's Ctrl-C notices in tuneloop's words: the stop as one line; its "Tuner.restore" hint
+    dropped (the sweep's summary says `tuneloop resume DIR`)."""
+    message = record.getMessage()
+    if message.startswith(_compat.TUNE_STOP_NOTICE):
+        print("[tuneloop] stopping: the running trials stop and the sweep's state is saved once more "
+              "(Ctrl-C again skips that)", flush=True)
+        return False
+    return not message.startswith(_compat.TUNE_RESUME_NOTICES)
+
+
+def _no_metrics_notice(record: logging.LogRecord) -> bool:
+    """False for the warning about trials without result files (the summary lists them as running)."""
+    return not record.getMessage().startswith(_compat.NO_METRICS_NOTICE)
+
+
+NOTICE_FILTERS = {  # Ray's logger → the filter that keeps its messages a sweep's user needs
+    _compat.SYNCER_LOGGER: _transient_sync_race,  # any other failed sync is still shown
+    _compat.TUNE_LOGGER: _interrupt_notice,
+    _compat.ANALYSIS_LOGGER: _no_metrics_notice,
+}
+
+
+def filter_ray_notices() -> None:
+    """Install `NOTICE_FILTERS` on Ray's loggers, once per process."""
+    for name, keep in NOTICE_FILTERS.items():
+        logger = logging.getLogger(name)
+        if keep not in logger.filters:
+            logger.addFilter(keep)
+
+
+@contextlib.contextmanager
+def _interrupt_after():
+    """Ctrl-C inside the block takes effect when it ends: `ray.init` forks Ray's processes, and a
+    KeyboardInterrupt landing in Python's fork handlers is printed and dropped ("Exception ignored
+    in _releaseLock"), so the sweep would go on; deferred, it stops the command cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
