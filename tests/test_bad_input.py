@@ -134,6 +134,10 @@ CASES = [
          "torch.optim has no attribute 'Adamw'", "'torch.optim.Adamw'", ("'AdamW'", "'SGD'")),
     Case("missing_module", run_(net="nosuchpkg.models.Net"), "run.net", "no module named 'nosuchpkg'",
          "'nosuchpkg.models.Net'"),
+    Case("data_in_main", run_(data="__main__.make_data"), "run.data",
+         "must be importable by Ray's workers, which cannot import __main__ (a notebook, or a script run "
+         "directly): define it in a module of an installed package or of a directory on PYTHONPATH",
+         "'__main__.make_data'"),
     Case("unknown_optimizer_kwarg", lambda r, s, c: r["optimizer_config"].update(lrate=0.1),
          "run.optimizer_config.lrate", "unknown keyword argument of torch.optim.AdamW", "'lrate'",
          ("'lr'", "'betas'", "'weight_decay'")),

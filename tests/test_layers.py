@@ -23,7 +23,7 @@ LAYERS = [
     {"tune"},
     {"sweep"},
     {"reporting"},
-    {"cli", "__init__", "recipes"},  # the recipes are examples of user code: they may subclass the Trainer
+    {"cli", "__init__", "api", "recipes"},  # the recipes are examples of user code: they may subclass the Trainer
 ]
 
 

@@ -3,7 +3,8 @@
 The layers, bottom to top (`docs/architecture.md`): leaf modules (`_io`, `storage`, `checkpoints`,
 `outcome`, `curves`, `metrics`); `config/` (the experiment file); `trainer.py` and `callbacks/`
 (the loop and its features: the user's API); `training/` (one run without Ray); `tune/` (Ray
-Tune's parts); `sweep/` (the driver); `reporting/`; `cli.py`.
+Tune's parts); `sweep/` (the driver); `reporting/`; `cli.py`, and the Python API (`api.py`):
+`tuneloop.sweep(...)`, `tuneloop.resume(...)`, `tuneloop.train(...)`, `tuneloop.load_experiment(...)`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,19 @@ import sys
 import types
 
 __version__ = "0.1.0"
+
+# The Python API (`tuneloop.api`), imported when first used: the command line does not need it.
+API = ("SweepResult", "UserError", "load_experiment", "read_sweep", "resume", "train")
+
+
+def __getattr__(name: str):
+    if name in API:
+        from tuneloop import api
+
+        return getattr(api, name)
+    if name == "sweep":  # the driver package, callable as the API's sweep() (tuneloop/sweep/__init__.py)
+        return importlib.import_module("tuneloop.sweep")
+    raise AttributeError(f"module 'tuneloop' has no attribute {name!r}")
 
 # Modules of tuneloop 0.1's flat layout → where they are now. Ray Tune pickles the searcher, the
 # schedulers and the callbacks of a sweep by module path (`tuner.pkl`, the searcher's state): a

@@ -15,8 +15,13 @@ from tuneloop.config.schema import ExperimentConfig
 
 
 def resolve(path: str, *, key: str) -> Any:
-    """The object at `package.module.Name[.attr]`, or a UserError naming `key`."""
+    """The object at `package.module.Name[.attr]`, or a UserError naming `key`. `__main__` (a
+    notebook, or a script run directly) is refused: Ray's workers cannot import what it defines."""
     parts = path.split(".")
+    if parts[0] == "__main__":
+        raise UserError("must be importable by Ray's workers, which cannot import __main__ (a notebook, or a "
+                        "script run directly): define it in a module of an installed package or of a directory "
+                        "on PYTHONPATH", key=key, value=path)
     for split in range(len(parts) - 1, 0, -1):
         module_name = ".".join(parts[:split])
         try:

@@ -1,11 +1,13 @@
-"""Reading an experiment file: YAML, `--set` overrides, validation, and every schema error stated
-as one line (file, key path, rule, value, valid choices)."""
+"""Reading an experiment file (or a dict of the same shape): YAML, `--set` overrides, validation,
+and every schema error stated as one line (file, key path, rule, value, valid choices)."""
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from pydantic import BaseModel, ValidationError
 
@@ -16,8 +18,28 @@ from tuneloop.config.schema import (DEVICE_PATTERN, DEVICES, IMPORT_PATH, PARAM_
                                     _KeyedError)
 
 
-def load_experiment(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
-    """Read, override and validate an experiment file; raise UserError on any mistake."""
+DICT_FILE = "<experiment dict>"  # how messages name an experiment given as a dict (the Python API)
+IMPORT_KEYS = ("trainer", "data", "net", "optimizer", "scheduler", "criterion", "collate_fn")  # run's import paths
+
+
+def source_name(experiment) -> str:
+    """How messages name an experiment: its file, or `<experiment dict>`."""
+    return DICT_FILE if isinstance(experiment, (Mapping, ExperimentConfig)) else str(experiment)
+
+
+def load_experiment(path: str | Path | Mapping | ExperimentConfig, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read, override and validate an experiment file (or a dict of the same shape, whose import
+    paths may also be the classes and functions themselves, or a validated experiment); raise
+    UserError on any mistake."""
+    overrides = list(overrides)
+    if isinstance(path, ExperimentConfig):
+        if not overrides:
+            return path
+        path = path.model_dump(mode="json", by_alias=True)
+    if isinstance(path, Mapping):
+        raw = with_import_paths(copy.deepcopy(dict(path)))
+        overridden = {apply_override(raw, assignment, file=DICT_FILE): assignment for assignment in overrides}
+        return validate_experiment(raw, file=DICT_FILE, overridden=overridden)
     file = str(path)
     try:
         text = Path(path).read_text()
@@ -31,6 +53,33 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> ExperimentCo
                         value=type(raw).__name__, choices=["run", "sweep"])
     overridden = {apply_override(raw, assignment, file=file): assignment for assignment in overrides}
     return validate_experiment(raw, file=file, overridden=overridden)
+
+
+def import_path(obj: Any, *, key: str) -> str:
+    """The import path of a class or function given in an experiment dict (`my.module.Name`)."""
+    module, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not (module and name) or "<locals>" in name:
+        raise UserError("must be an import path, or a class or function defined at the top of a module",
+                        file=DICT_FILE, key=key, value=Verbatim(repr(obj)))
+    return f"{module}.{name}"
+
+
+def with_import_paths(raw: dict) -> dict:
+    """`raw` with the classes and functions given for import paths (run.data, run.net, ...,
+    run.metrics, run.callbacks' classes) replaced by their paths; the rest as it is."""
+    run = raw.get("run")
+    if not isinstance(run, dict):
+        return raw
+    for key in IMPORT_KEYS:
+        if run.get(key) is not None and not isinstance(run[key], str):
+            run[key] = import_path(run[key], key=f"run.{key}")
+    if isinstance(run.get("metrics"), list):
+        run["metrics"] = [m if isinstance(m, str) else import_path(m, key=f"run.metrics.{i}")
+                          for i, m in enumerate(run["metrics"])]
+    for index, spec in enumerate(run.get("callbacks") or ()):
+        if isinstance(spec, dict) and spec.get("class") is not None and not isinstance(spec["class"], str):
+            spec["class"] = import_path(spec["class"], key=f"run.callbacks.{index}.class")
+    return raw
 
 
 def validate_experiment(raw: dict, *, file: str, overridden: dict[str, str] | None = None) -> ExperimentConfig:

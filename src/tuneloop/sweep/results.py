@@ -7,14 +7,14 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneloop._io import atomic_write_text
 from tuneloop.config.schema import ExperimentConfig
 from tuneloop.config.search_space import apply_params, short_value
 from tuneloop.config.yaml12 import dump_yaml
-from tuneloop.outcome import RUNNING, best, outcome
+from tuneloop.outcome import RUNNING, best, finite, outcome
 from tuneloop.storage import TRIAL_PROGRESS, TRIAL_RESULTS, Storage
 from tuneloop.sweep.paths import BEST_FILE, RESULTS_FILE
 
@@ -34,6 +34,26 @@ class TrialRow:
     best_val_loss: float
     last_metric: float
     config: dict
+    metrics: dict = field(default_factory=dict)  # last_<m> and <m>_at_best of every reported metric
+
+
+def metric_columns(cfg: ExperimentConfig) -> list[str]:
+    """results.csv's columns of reported metrics: `last_<m>` (the last epoch's) and `<m>_at_best`
+    (at the trial's best epoch by sweep.metric and mode), for val_loss, train_loss and each val_<metric>."""
+    keys = cfg.run.metric_keys()
+    return [f"last_{m}" for m in keys] + [f"{m}_at_best" for m in keys]
+
+
+def trial_metrics(cfg: ExperimentConfig, epochs: list[dict]) -> dict:
+    """`metric_columns` of one trial from its epochs (NaN where it reported none)."""
+    keys = cfg.run.metric_keys()
+    last = epochs[-1] if epochs else {}
+    sign = 1 if cfg.sweep.mode == "min" else -1
+    scored = [row for row in epochs if finite(row.get(cfg.sweep.metric))]
+    at_best = min(scored, key=lambda row: sign * float(row[cfg.sweep.metric])) if scored else {}
+    values = {f"last_{m}": last.get(m, math.nan) for m in keys}
+    values.update({f"{m}_at_best": at_best.get(m, math.nan) for m in keys})
+    return values
 
 
 def tidy_histories(storage: Storage) -> None:
@@ -90,7 +110,7 @@ def summarize(cfg: ExperimentConfig, results, trial_ends) -> list[TrialRow]:
         if cfg.sweep.scheduler.name not in HISTORY_REWINDS:  # an epoch run again after a resume counts once
             epochs = _last_per_epoch(epochs, lambda row: row.get("epoch"))
         losses = [row["val_loss"] for row in epochs]
-        finite = [v for v in losses if isinstance(v, float) and math.isfinite(v)]
+        finite_losses = [v for v in losses if finite(v)]
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
         # A trial that neither reported nor raised never got going: an interrupt stopped it as it
@@ -100,9 +120,9 @@ def summarize(cfg: ExperimentConfig, results, trial_ends) -> list[TrialRow]:
             trial_id=trial_id,
             state=RUNNING if trial_id in unfinished or never_reported
             else trial_state(cfg, metrics, result.error is not None),
-            epochs=len(losses), best_val_loss=min(finite) if finite else math.inf,
+            epochs=len(losses), best_val_loss=min(finite_losses) if finite_losses else math.inf,
             last_metric=metrics.get(cfg.sweep.metric, math.nan),
-            config=dict(result.config or configs.get(trial_id) or {})))
+            config=dict(result.config or configs.get(trial_id) or {}), metrics=trial_metrics(cfg, epochs)))
     return rows
 
 
@@ -117,10 +137,11 @@ def write_results(cfg: ExperimentConfig, rows: list[TrialRow], directory: Path) 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     keys = list(cfg.sweep.search_space)
-    writer.writerow(["trial_id", "state", "epochs", "best_val_loss", cfg.sweep.metric, *keys])
+    columns = metric_columns(cfg)
+    writer.writerow(["trial_id", "state", "epochs", "best_val_loss", cfg.sweep.metric, *keys, *columns])
     for r in rows:
         writer.writerow([r.trial_id, r.state, r.epochs, r.best_val_loss, r.last_metric,
-                         *(r.config.get(k) for k in keys)])
+                         *(r.config.get(k) for k in keys), *(r.metrics.get(c, math.nan) for c in columns)])
     atomic_write_text(directory / RESULTS_FILE, buffer.getvalue())
     best = best_row(cfg, rows)
     if best is not None:

@@ -32,7 +32,7 @@ def resume_sweep(target: str | Path, *, address: str | None = None, quiet: bool 
     from tuneloop.sweep.tuner import restore_tuner
     from tuneloop.tune.state import relocate, repair
 
-    directory = _local_directory(str(target))
+    directory = local_directory(str(target))
     cfg = load_sweep(directory, shown=str(target))
     place = sweep_place(cfg)
     try:
@@ -79,7 +79,7 @@ def load_sweep(directory: Path, shown: str | None = None) -> ExperimentConfig:
     return cfg
 
 
-def _local_directory(target: str) -> Path:
+def local_directory(target: str) -> Path:
     """The local directory of the driver's files for a resume of `target` (a path or a URI)."""
     if not is_remote(target):
         return Path(target).expanduser().resolve()
