@@ -107,6 +107,15 @@ def old_study(tmp_path: Path) -> None:
         optuna.logging.set_verbosity(verbosity)
 
 
+def earlier_sweep(tmp_path: Path) -> None:
+    """An earlier sweep's directory whose search space differs (batch_size is not searched)."""
+    earlier = copy.deepcopy(BASE)
+    earlier["sweep"]["search_space"].pop("batch_size")
+    earlier["run"]["name"] = "earlier"
+    (tmp_path / "results" / "earlier").mkdir(parents=True)
+    (tmp_path / "results" / "earlier" / "experiment.yaml").write_text(yaml.safe_dump(earlier))
+
+
 def blocked_storage(tmp_path: Path) -> None:
     (tmp_path / "blocker").write_text("a file where the storage directory should go\n")
 
@@ -199,6 +208,35 @@ CASES = [
          with_callback(space("callbacks.0.max_nrom", {"type": "float", "low": 0.1, "high": 1})),
          "sweep.search_space.callbacks.0.max_nrom", "unknown keyword argument of bad_recipes.ClipAt", "'max_nrom'",
          ("'max_norm'",)),
+    Case("subspace_of_no_choice", space("optimizer", {"type": "categorical",
+                                                      "choices": ["torch.optim.AdamW", "torch.optim.SGD"],
+                                                      "subspaces": {"torch.optim.Adam": {}}}),
+         "sweep.search_space.optimizer.subspaces.torch.optim.Adam", "must be one of the parameter's choices",
+         "'torch.optim.Adam'", ("'torch.optim.AdamW'", "'torch.optim.SGD'")),
+    Case("subspace_key_searched_twice", space("optimizer", {
+        "type": "categorical", "choices": ["torch.optim.AdamW", "torch.optim.SGD"],
+        "subspaces": {"torch.optim.SGD": {"optimizer_config.lr": {"type": "float", "low": 0.01, "high": 0.5}}}}),
+         "sweep.search_space.optimizer.subspaces.torch.optim.SGD.optimizer_config.lr",
+         "must be searched in one place only (it is also at sweep.search_space.optimizer_config.lr)",
+         "'optimizer_config.lr'"),
+    Case("subspace_key_not_an_optimizer_kwarg", space("optimizer", {
+        "type": "categorical", "choices": ["torch.optim.AdamW", "torch.optim.SGD"],
+        "subspaces": {"torch.optim.AdamW": {"optimizer_config.momentum": {"type": "float", "low": 0.5, "high": 0.9}}}}),
+         "sweep.search_space.optimizer.subspaces.torch.optim.AdamW.optimizer_config.momentum",
+         "unknown keyword argument of torch.optim.AdamW (when optimizer is torch.optim.AdamW)", "'momentum'"),
+    Case("point_outside_the_space", sweep_(points_to_evaluate=[{"optimizer_config.lr": 5.0}]),
+         "sweep.points_to_evaluate.0.optimizer_config.lr", "must be within low=0.001 and high=0.1", "5.0"),
+    Case("point_key_not_searched", sweep_(points_to_evaluate=[{"optimizer_config.eps": 1e-8}]),
+         "sweep.points_to_evaluate.0.optimizer_config.eps", "must be a key of sweep.search_space", "'optimizer_config.eps'",
+         ("'optimizer_config.lr'", "'batch_size'")),
+    Case("warm_start_not_a_sweep", sweep_(warm_start_from="elsewhere"), "sweep.warm_start_from",
+         "must be the experiment directory of an earlier sweep (holding experiment.yaml)", "'elsewhere'",
+         commands=SWEEP),
+    Case("warm_start_other_space", sweep_(warm_start_from="results/earlier"), "sweep.warm_start_from",
+         "must be a sweep of the same search space", "'results/earlier'", commands=SWEEP, setup=earlier_sweep),
+    Case("pbt_with_points", sweep_(points_to_evaluate=[{"optimizer_config.lr": 0.01}],
+                                   scheduler={"name": "pbt", "perturbation_interval": 1}),
+         "sweep.points_to_evaluate", "is not available with the pbt scheduler", None, ("'asha'",), commands=SWEEP),
     Case("search_value_invalid_for_run", space("batch_size", {"type": "categorical", "choices": [16, 0]}),
          "sweep.search_space.batch_size.choices", "every value must be valid for run.batch_size, which must be > 0",
          "0"),

@@ -204,3 +204,15 @@ def test_an_iterable_dataset_is_told_the_epoch_and_trains():
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), None, torch.nn.CrossEntropyLoss(),
                       accumulate_steps=3)  # 4 batches, no length: the last step has one batch
     assert torch.isfinite(torch.tensor(trainer.train(loader, make_loader(Stream(10), 8, False, 0, "cpu"), 2)))
+
+
+def test_drop_last_drops_only_training_batches():
+    from tuneloop.config.schema import RunConfig
+    from tuneloop.training.build import build_loaders
+
+    run = RunConfig.model_validate({"name": "d", "data": "x.y", "net": "x.y", "optimizer": "x.y", "epochs": 1,
+                                    "batch_size": 8, "val_batch_size": 64, "loader_config": {"drop_last": True}})
+    x, y = labelled(20)
+    loaders = build_loaders(run, TensorDataset(x, y), TensorDataset(x, y), torch.device("cpu"))
+    assert sum(len(t) for _, t in loaders.train) == 16  # 20 samples in batches of 8: the partial one dropped
+    assert sum(len(t) for _, t in loaders.val) == 20  # one partial batch of 20 < 64, kept

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import itertools
 from typing import Any, Callable, Iterable
 
 from tuneloop.config.errors import UserError
-from tuneloop.config.schema import ExperimentConfig
+from tuneloop.config.schema import ExperimentConfig, flat_params, walk_params
 
 
 def resolve(path: str, *, key: str) -> Any:
@@ -130,28 +131,58 @@ def resolve_run(run, *, extra_keys: dict[str, list[str]] | None = None) -> dict[
     return resolved
 
 
-def _space_keys(cfg: ExperimentConfig, section: str) -> list[str]:
-    """Sub-keys of `run.<section>` that the search space sets (they are kwargs too)."""
+def _space_keys(keys: Iterable[str], section: str) -> list[str]:
+    """Sub-keys of `run.<section>` among the searched `keys` (they are keyword arguments too)."""
     prefix = f"{section}."
-    return [k[len(prefix):] for k in cfg.sweep.search_space if k.startswith(prefix)]
+    return [k[len(prefix):] for k in keys if k.startswith(prefix)]
+
+
+IMPORT_KEYS = ("trainer", "data", "net", "optimizer", "scheduler", "criterion", "collate_fn")
+
+
+def branches(cfg: ExperimentConfig):
+    """Each configuration of `run` a trial can have, as far as import paths and keyword names go:
+    (run with the choices made, the searched keys it uses, the choices as text). One branch per
+    combination of the choices of the top-level categorical parameters that set an import path
+    or carry sub-spaces; a flat space is one branch."""
+    space = cfg.sweep.search_space
+    dims = [(k, p) for k, p in space.items() if getattr(p, "subspaces", None) or k in IMPORT_KEYS
+            and getattr(p, "choices", None)]
+    always = [k for k in space]
+    for combination in itertools.product(*[p.choices for _, p in dims]):
+        run, keys = cfg.run, list(always)
+        for (key, param), choice in zip(dims, combination):
+            if key in IMPORT_KEYS:
+                run = run.model_copy(update={key: choice})
+            keys += list(flat_params(param.subspaces.get(str(choice), {})))
+        yield run, keys, ", ".join(f"{key} is {choice}" for (key, _), choice in zip(dims, combination))
 
 
 def check_imports(cfg: ExperimentConfig) -> dict[str, Any]:
     """Resolve every import path of `run`, check keyword arguments (search-space keys included)
-    and the sampler; return the resolved objects. Runs the user's modules, like a Python script.
-    (The scheduler's keyword arguments are Ray Tune's: `tuneloop.tune.schedulers.check_scheduler`.)"""
+    and the sampler; return the resolved objects (of the first branch). With a conditional space or
+    searched import paths, every choice is checked with the keys it uses. Runs the user's modules,
+    like a Python script. (The scheduler's keyword arguments are Ray Tune's:
+    `tuneloop.tune.schedulers.check_scheduler`.)"""
     sections = ("data_config", "net_config", "optimizer_config", "scheduler_config", "criterion_config",
                 *(f"callbacks.{index}" for index in range(len(cfg.run.callbacks))))
-    try:
-        resolved = resolve_run(cfg.run, extra_keys={s: _space_keys(cfg, s) for s in sections})
-        _check_sampler(cfg)
-        return resolved
-    except UserError as error:
-        dotted = (error.key or "").removeprefix("run.")
-        head, _, name = dotted.partition(".")
-        if dotted in cfg.sweep.search_space and name not in (getattr(cfg.run, head, None) or {}):
-            error.key = f"sweep.search_space.{dotted}"  # the name came from the search space, not from run
-        raise error from None
+    where = {dotted: path for dotted, _, path in walk_params(cfg.sweep.search_space, "sweep.search_space")}
+    resolved = None
+    for run, keys, choices in branches(cfg):
+        try:
+            found = resolve_run(run, extra_keys={s: _space_keys(keys, s) for s in sections})
+        except UserError as error:
+            dotted = (error.key or "").removeprefix("run.")
+            head, _, name = dotted.partition(".")
+            if dotted in where and name not in (getattr(cfg.run, head, None) or {}):
+                error.key = where[dotted]  # the name came from the search space, not from run
+            if choices:
+                error.rule = f"{error.rule} (when {choices})"
+                error.args = (error.message,)
+            raise error from None
+        resolved = resolved or found
+    _check_sampler(cfg)
+    return resolved
 
 
 def _check_sampler(cfg: ExperimentConfig) -> None:

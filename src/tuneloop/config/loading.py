@@ -99,7 +99,7 @@ def _translate(error: dict, *, file: str) -> UserError:
     context = error.get("ctx") or {}
     raised = context.get("error")
     if isinstance(raised, _KeyedError):  # its key is relative to the model that raised it
-        key = ".".join([*map(str, error["loc"]), raised.key])
+        key = ".".join([*map(str, _clean_loc(error["loc"])), raised.key])
         return UserError(raised.rule, file=file, key=key, value=raised.value, choices=raised.choices)
     loc = _clean_loc(error["loc"])
     key = ".".join(str(part) for part in loc)
@@ -133,17 +133,25 @@ def _translate(error: dict, *, file: str) -> UserError:
 
 
 def _clean_loc(loc: tuple) -> tuple:
-    """Drop pydantic's union-tag element after a search-space key (…, 'lr', 'float', 'low')."""
-    loc = list(loc)
-    if len(loc) >= 4 and loc[:2] == ["sweep", "search_space"] and loc[3] in ("float", "int", "categorical"):
-        del loc[3]
-    return tuple(loc)
+    """Drop pydantic's union-tag element after each search-space key (…, 'lr', 'float', 'low'),
+    in sub-spaces too (…, 'subspaces', 'torch.optim.SGD', 'optimizer_config.momentum', 'float', …)."""
+    parts, kept, index = list(loc), [], 0
+    while index < len(parts):
+        part = parts[index]
+        kept.append(part)
+        skip = {"search_space": 1, "subspaces": 2}.get(part) if isinstance(part, str) else None
+        if skip and index + skip + 1 < len(parts) and parts[index + skip + 1] in PARAM_TYPES:
+            kept += parts[index + 1:index + skip + 1]  # the key (and the choice), without the tag
+            index += skip + 2
+            continue
+        index += 1
+    return tuple(kept)
 
 
 def _fields_at(loc: tuple) -> list[str] | None:
     """Valid keys of the schema model found at `loc`, for 'unknown key' messages."""
-    if len(loc) == 4 and loc[:2] == ("sweep", "search_space"):
-        return list(PARAM_TYPES[loc[3]].model_fields)
+    if loc and loc[-1] in PARAM_TYPES and "search_space" in loc:  # inside a parameter (top or sub-space)
+        return list(PARAM_TYPES[loc[-1]].model_fields)
     model: Any = ExperimentConfig
     for part in loc:
         if isinstance(part, int) or model is None:

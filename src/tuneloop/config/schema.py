@@ -202,6 +202,9 @@ class IntParam(_RangeParam):
 class CategoricalParam(Strict):
     type: Literal["categorical"]
     choices: list[Any]
+    # per-choice sub-spaces (a conditional space): {choice: {dotted key: param}}, sampled only when
+    # the choice is (Optuna's define-by-run; each trial holds only the parameters it used)
+    subspaces: dict[str, dict[str, "Param"]] = {}
 
     @field_validator("choices")
     @classmethod
@@ -219,6 +222,14 @@ class CategoricalParam(Strict):
         if len({repr(c) for c in choices}) != len(choices):
             raise ValueError(f"choices must be distinct, but got {choices}")
         return choices
+
+    @model_validator(mode="after")
+    def _subspaces_of_choices(self) -> "CategoricalParam":
+        named = [str(c) for c in self.choices]
+        for choice in self.subspaces:
+            if choice not in named:
+                raise _KeyedError(f"subspaces.{choice}", "must be one of the parameter's choices", choice, named)
+        return self
 
 
 def _kind(value: Any) -> str:
@@ -242,6 +253,22 @@ def _check_range(low, high, log, step) -> None:
 
 Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
 PARAM_TYPES = {"float": FloatParam, "int": IntParam, "categorical": CategoricalParam}
+CategoricalParam.model_rebuild()
+
+
+def flat_params(space: dict[str, Any]) -> dict[str, Any]:
+    """Every parameter of a search space, those of the sub-spaces included, by dotted key."""
+    found = {}
+    for key, param in space.items():
+        found[key] = param
+        for subspace in getattr(param, "subspaces", {}).values():
+            found.update(flat_params(subspace))
+    return found
+
+
+def is_conditional(space: dict[str, Any]) -> bool:
+    """Whether some parameter is searched only for some choice of another (a sub-space)."""
+    return any(getattr(param, "subspaces", None) for param in space.values())
 
 
 class SamplerConfig(BaseModel):
@@ -292,6 +319,12 @@ class SweepConfig(Strict):
     optuna_storage: str | None = None
     max_failures: NonNegativeInt = 2
     search_space: dict[str, Param] = {}
+    points_to_evaluate: list[dict[str, Any]] = []  # configurations run first: {dotted key: value}
+    warm_start_from: str | None = None  # an earlier sweep's experiment directory: its finished trials seed the study
+
+    def params(self) -> dict[str, Any]:
+        """Every searched parameter by dotted key, the conditional ones included."""
+        return flat_params(self.search_space)
 
     @model_validator(mode="after")
     def _storage(self) -> "SweepConfig":
@@ -323,15 +356,69 @@ class ExperimentConfig(Strict):
         keys = self.run.metric_keys()
         if self.sweep.metric not in keys:
             raise _KeyedError("sweep.metric", "must name a reported metric", self.sweep.metric, keys)
-        for dotted, param in self.sweep.search_space.items():
-            _check_run_key(self.run, dotted)
-            _check_run_values(self.run, dotted, param)
+        seen: dict[str, str] = {}
+        for dotted, param, where in walk_params(self.sweep.search_space, "sweep.search_space"):
+            if dotted in seen:
+                raise _KeyedError(where, f"must be searched in one place only (it is also at {seen[dotted]})",
+                                  dotted)
+            seen[dotted] = where
+            _check_run_key(self.run, dotted, where)
+            _check_run_values(self.run, dotted, param, where)
+        _check_points(self.sweep)
         return self
 
 
-def _check_run_key(run: RunConfig, dotted: str) -> None:
-    """A search-space key must reach a field of `run` (free-form `*_config` dicts take any sub-key)."""
-    key = f"sweep.search_space.{dotted}"
+def walk_params(space: dict, prefix: str):
+    """(dotted key, param, its key path in the file) of every parameter, sub-spaces included."""
+    for dotted, param in space.items():
+        yield dotted, param, f"{prefix}.{dotted}"
+        for choice, subspace in getattr(param, "subspaces", {}).items():
+            yield from walk_params(subspace, f"{prefix}.{dotted}.subspaces.{choice}")
+
+
+def _check_points(sweep: "SweepConfig") -> None:
+    """Each point of `points_to_evaluate` sets searched keys to values their parameters can take,
+    and no key of a sub-space whose choice the point does not make."""
+    params = sweep.params()
+    for index, point in enumerate(sweep.points_to_evaluate):
+        where = f"sweep.points_to_evaluate.{index}"
+        for key, value in point.items():
+            if key not in params:
+                raise _KeyedError(f"{where}.{key}", "must be a key of sweep.search_space", key, list(params))
+            rule = _outside(params[key], value)
+            if rule:
+                raise _KeyedError(f"{where}.{key}", rule, value)
+        for dotted, param in sweep.search_space.items():
+            _check_point_branch(point, dotted, param, where)
+
+
+def _check_point_branch(point: dict, dotted: str, param, where: str) -> None:
+    for choice, subspace in getattr(param, "subspaces", {}).items():
+        chosen = dotted in point and str(point[dotted]) == choice
+        for key in flat_params(subspace):
+            if key in point and not chosen:
+                raise _KeyedError(f"{where}.{key}", f"is searched only when {dotted} is {choice}, which this point "
+                                  f"does not set", point.get(dotted, "(not set)"))
+        for key, sub in subspace.items():
+            _check_point_branch(point, key, sub, where)
+
+
+def _outside(param, value) -> str | None:
+    """Why `value` is not a value of `param` (None when it is)."""
+    if isinstance(param, CategoricalParam):
+        return None if value in param.choices else f"must be one of the choices {param.choices}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "must be a number"
+    if isinstance(param, IntParam) and value != int(value):
+        return "must be a whole number"
+    if not param.low <= value <= param.high:
+        return f"must be within low={param.low} and high={param.high}"
+    return None
+
+
+def _check_run_key(run: RunConfig, dotted: str, key: str) -> None:
+    """A search-space key (at `key` in the file) must reach a field of `run` (free-form `*_config`
+    dicts take any sub-key)."""
     head, _, rest = dotted.partition(".")
     fields = [f for f in RunConfig.model_fields if f != "name"]
     if head == "callbacks":  # callbacks.<index>.<keyword argument of that callback's class>
@@ -358,7 +445,7 @@ def _check_run_key(run: RunConfig, dotted: str) -> None:
                           [f"{head}.{k}" for k in value])
 
 
-def _check_run_values(run: RunConfig, dotted: str, param) -> None:
+def _check_run_values(run: RunConfig, dotted: str, param, where: str) -> None:
     """Every value a search-space parameter can take must be valid for the typed field of `run` it
     sets (`batch_size`, `epochs`, `early_stopping_config.patience`, ...): a trial would fail on it.
     Free-form `*_config` dicts are checked against the user's code by `check_imports`/the preflight."""
@@ -377,7 +464,7 @@ def _check_run_values(run: RunConfig, dotted: str, param) -> None:
         candidates = [("low", param.low), ("high", param.high)]
         if isinstance(param, FloatParam) and param.step is None:  # a float between the bounds
             candidates.append(("type", param.low + (param.high - param.low) * 0.371))
-    for where, candidate in candidates:
+    for field_name, candidate in candidates:
         try:
             adapter.validate_python(candidate)
         except ValidationError as exc:
@@ -386,10 +473,10 @@ def _check_run_values(run: RunConfig, dotted: str, param) -> None:
             rule = RULES[kind].format(**(detail.get("ctx") or {})) if kind in RULES else detail["msg"]
             if kind == "string_pattern_mismatch" and (detail.get("ctx") or {}).get("pattern") == DEVICE_PATTERN:
                 rule = "must be a device name: " + ", ".join(DEVICES)
-            if where == "type":
-                raise _KeyedError(f"sweep.search_space.{dotted}.type", f"run.{dotted} {rule}: every value between low "
+            if field_name == "type":
+                raise _KeyedError(f"{where}.type", f"run.{dotted} {rule}: every value between low "
                                   "and high must be valid for it (use type: int)", candidate, ["int"]) from None
-            raise _KeyedError(f"sweep.search_space.{dotted}.{where}", f"every value must be valid for run.{dotted}, "
+            raise _KeyedError(f"{where}.{field_name}", f"every value must be valid for run.{dotted}, "
                               f"which {rule}", candidate) from None
 
 

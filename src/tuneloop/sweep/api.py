@@ -79,7 +79,7 @@ def read_sweep(directory: str | Path, *, status: int = 0) -> SweepResult:
     trials = pandas.read_csv(results, dtype={"trial_id": str}) if results.is_file() else pandas.DataFrame()
     rows = trials.to_dict("records")
     top = best(rows, mode=cfg.sweep.mode, state=lambda r: r["state"], value=lambda r: r[cfg.sweep.metric])
-    keys = list(cfg.sweep.search_space)
+    keys = list(cfg.sweep.params())
     study = optuna.load_study(study_name=cfg.run.name, storage=optuna_url(cfg)) \
         if _has_study(cfg, directory) else None
     if top is None or top["state"] != COMPLETE or not finite(top[cfg.sweep.metric]):

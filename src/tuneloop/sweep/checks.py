@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from tuneloop.config.errors import UserError, Verbatim
-from tuneloop.config.schema import ExperimentConfig
+from tuneloop.config.schema import ExperimentConfig, is_conditional
 from tuneloop.storage import Storage
 from tuneloop.sweep.locking import has_content, probe_writable
 from tuneloop.sweep.paths import experiment_dir
@@ -20,10 +20,21 @@ from tuneloop.tune import _compat
 
 
 def check_search_space(cfg: ExperimentConfig) -> None:
-    """A sweep searches at least one parameter."""
-    if not cfg.sweep.search_space:
+    """A sweep searches at least one parameter; PBT (no searcher: it mutates configs itself) takes
+    neither sub-spaces nor points to evaluate nor a warm start."""
+    sweep = cfg.sweep
+    if not sweep.search_space:
         raise UserError("a sweep needs at least one parameter to search", key="sweep.search_space", value={},
                         choices=[Verbatim("optimizer_config.lr: {type: float, low: 1.0e-4, high: 1.0, log: true}")])
+    if sweep.scheduler.name == "pbt":
+        for key, used in (("search_space", is_conditional(sweep.search_space)),
+                          ("points_to_evaluate", bool(sweep.points_to_evaluate)),
+                          ("warm_start_from", sweep.warm_start_from is not None)):
+            if used:
+                raise UserError("is not available with the pbt scheduler (it draws and mutates configurations "
+                                "itself, without Optuna's sampler)", key=f"sweep.{key}",
+                                value=Verbatim("a conditional space" if key == "search_space" else
+                                               str(getattr(sweep, key))), choices=["asha", "pfl", "fifo"])
 
 
 def check_new_experiment(cfg: ExperimentConfig, directory: Path, storage: Storage, *, overwrite: bool) -> None:

@@ -136,7 +136,7 @@ def write_results(cfg: ExperimentConfig, rows: list[TrialRow], directory: Path) 
     """results.csv (one row per trial) and best.yaml (a complete experiment file for `tuneloop train`)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    keys = list(cfg.sweep.search_space)
+    keys = list(cfg.sweep.params())
     columns = metric_columns(cfg)
     writer.writerow(["trial_id", "state", "epochs", "best_val_loss", cfg.sweep.metric, *keys, *columns])
     for r in rows:
@@ -154,12 +154,12 @@ def write_results(cfg: ExperimentConfig, rows: list[TrialRow], directory: Path) 
 
 
 def print_table(cfg: ExperimentConfig, rows: list[TrialRow], best: TrialRow | None) -> None:
-    keys = list(cfg.sweep.search_space)
+    keys = list(cfg.sweep.params())
     header = f"{'trial':<12} {'state':<9} {'epochs':>6} {'best val_loss':>13} {cfg.sweep.metric:>13}  config"
     print(header)
     order = sorted(rows, key=lambda r: r.trial_id)
     for r in order:
-        config = " ".join(f"{k}={short_value(r.config.get(k))}" for k in keys)
+        config = " ".join(f"{k}={short_value(r.config[k])}" for k in keys if k in r.config)  # a trial's own
         print(f"{r.trial_id:<12} {r.state:<9} {r.epochs:>6} {r.best_val_loss:>13.6g} {r.last_metric:>13.6g}  {config}")
     counts = {s: sum(r.state == s for r in rows) for s in ("complete", "pruned", "failed", "running")}
     if not counts["running"]:
@@ -167,4 +167,4 @@ def print_table(cfg: ExperimentConfig, rows: list[TrialRow], best: TrialRow | No
     print(f"{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if best is not None:
         print(f"best: trial {best.trial_id} {cfg.sweep.metric}={best.last_metric:.6g} "
-              + " ".join(f"{k}={short_value(best.config.get(k))}" for k in keys))
+              + " ".join(f"{k}={short_value(best.config[k])}" for k in keys if k in best.config))

@@ -22,6 +22,7 @@ from tuneloop.sweep.checks import (check_cluster_resources, check_local_resource
 from tuneloop.sweep.locking import DirectoryUnusable, clear_directory, experiment_lock
 from tuneloop.sweep.paths import DONE_FILE, DRIVER_FILES, EXPERIMENT_FILE, sweep_place
 from tuneloop.sweep.results import HISTORY_REWINDS, print_table, summarize, tidy_histories, write_results
+from tuneloop.sweep.warm_start import source_of, warm_start
 
 INTERRUPTED = 130  # the exit status of a sweep that stopped before every trial ended (as after Ctrl-C)
 
@@ -45,6 +46,7 @@ def _run_sweep(cfg: ExperimentConfig, place: SweepPlace, *, address: str | None,
     check_storage(cfg, place.storage)
     check_new_experiment(cfg, place.directory, place.storage, overwrite=overwrite)
     old_study = check_study(cfg, overwrite=overwrite)
+    warm_source = source_of(cfg)
     if local_ray(address):
         check_local_resources(cfg)
 
@@ -63,7 +65,12 @@ def _run_sweep(cfg: ExperimentConfig, place: SweepPlace, *, address: str | None,
         atomic_write_text(place.directory / EXPERIMENT_FILE, dump_yaml(cfg.model_dump(mode="json", by_alias=True)))
         if not place.storage.is_local:  # so that even a crashed first run can be found from its URI
             place.storage.upload(place.directory, [EXPERIMENT_FILE])
-        return build_tuner(cfg, place)
+        tuner = build_tuner(cfg, place)  # creates the study
+        if warm_source is not None:
+            added = warm_start(cfg, place.study_url, warm_source)
+            print(f"[tuneloop] warm start: {added} finished trial(s) of {cfg.sweep.warm_start_from} in the study",
+                  flush=True)
+        return tuner
 
     key, value = (("sweep.storage_path", cfg.sweep.storage_path) if place.storage.is_local
                   else ("sweep.local_dir", cfg.sweep.local_dir))

@@ -42,7 +42,8 @@ def build_tuner(cfg: ExperimentConfig, place: SweepPlace):
     resources per trial, failure and checkpoint settings, tuneloop's callbacks."""
     import optuna
     from ray import tune
-    from tuneloop.config.search_space import to_optuna
+    from tuneloop.config.schema import is_conditional
+    from tuneloop.config.search_space import DefineByRun, to_optuna
     from tuneloop.sweep.progress import SweepProgress
     from tuneloop.tune import _compat
     from tuneloop.tune.driver_memory import TrimHeap
@@ -67,14 +68,17 @@ def build_tuner(cfg: ExperimentConfig, place: SweepPlace):
         callbacks.append(StudyRecorder(sweep.optuna_storage, run.name, sweep.metric, sweep.mode,
                                        to_optuna(sweep.search_space), place=place))
     else:
-        searcher = TruthfulOptunaSearch(to_optuna(sweep.search_space), metric=sweep.metric, mode=sweep.mode,
-                                        sampler=sampler, study_name=run.name, study_url=sweep.optuna_storage,
-                                        place=place)
+        # a conditional space, or points to run first (possibly partial), go define-by-run
+        by_run = is_conditional(sweep.search_space) or sweep.points_to_evaluate
+        space = DefineByRun(sweep.search_space) if by_run else to_optuna(sweep.search_space)
+        searcher = TruthfulOptunaSearch(space, metric=sweep.metric, mode=sweep.mode, sampler=sampler,
+                                        study_name=run.name, study_url=sweep.optuna_storage, place=place,
+                                        points_to_evaluate=[dict(p) for p in sweep.points_to_evaluate] or None)
         mutations = None
     ck = run.checkpoint_config
     callbacks += [KeepCheckpoints(ck.keep_last_k, ck.monitor, ck.mode), StateBackup(), TrialEnds(), TrimHeap(),
                   SweepProgress(run.name, sweep.scheduler.name, sweep.metric, sweep.mode, sweep.num_samples,
-                                run.epochs, list(sweep.search_space))]
+                                run.epochs, list(sweep.params()))]
     scheduler = build_scheduler(sweep.scheduler.name, scheduler_kwargs, metric=sweep.metric,
                                 mode=sweep.mode, epochs=run.epochs, mutations=mutations)
     tune_config = tune.TuneConfig(

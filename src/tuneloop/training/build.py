@@ -101,6 +101,8 @@ def build_loaders(run: RunConfig, train_set, val_set, device: torch.device, reso
     options = run.loader_config.model_dump()
     for split, dataset, batch_size, shuffle in (("train", train_set, run.batch_size, True),
                                                 ("val", val_set, run.val_batch_size, False)):
+        if split == "val":  # validation sees every sample: drop_last is for training batches
+            options = {**options, "drop_last": False}
         if isinstance(dataset, IterableDataset) and not hasattr(dataset, "__len__"):
             sizes[split] = None  # known only by iterating it
         else:
