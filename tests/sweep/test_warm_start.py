@@ -31,6 +31,7 @@ def test_a_conditional_sweep_with_a_point_then_a_warm_started_one(tmp_path, caps
     for trial in study.trials:
         sgd = trial.params["optimizer"] == "torch.optim.SGD"
         assert set(trial.params) == {"optimizer", "optimizer_config.lr"} | ({"optimizer_config.momentum"} if sgd else set())
+    assert study.trials[0].params == POINT  # asked for first
     assert [t.params for t in study.trials if t.params == POINT] == [POINT]  # run, and recorded, once
     with open(directory / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
