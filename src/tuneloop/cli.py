@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from tuneloop.config.errors import EXIT_USER_ERROR, UserError, in_file
@@ -237,6 +239,10 @@ COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "resume": cmd_resume, "valid
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and threading.current_thread() is threading.main_thread():
+        # As a command, Ctrl-C (SIGINT) is handled, even where the parent started it ignoring
+        # SIGINT (a background job of a non-interactive shell): Ray Tune does the same in its fit.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         args = make_parser().parse_args(argv)
         return COMMANDS[args.command](args)
