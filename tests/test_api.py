@@ -13,7 +13,7 @@ from tl_sweeps import probe_experiment
 from tl_testing import Probe, blobs
 
 
-@pytest.mark.ray
+@pytest.mark.usefixtures("ray_local")
 def test_a_sweep_from_a_dict_returns_its_results_and_the_best_trains(tmp_path):
     experiment = probe_experiment(tmp_path, epochs=3, num_samples=4)
     experiment["run"]["net"] = Probe  # a class itself, from an importable module

@@ -33,12 +33,15 @@ def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def check_validate(experiment: Path, cwd: Path, *fragments: str) -> None:
-    proc = tuneloop(["validate", str(experiment)], cwd)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "valid" in proc.stdout, proc.stdout
+def check_validate(experiment: Path, capsys, *fragments: str) -> None:
+    """`tuneloop validate` in this process (the command's code, without a second interpreter's start-up)."""
+    from tuneloop import cli
+
+    assert cli.main(["validate", str(experiment)]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out, out
     for fragment in fragments:
-        assert fragment in proc.stdout, proc.stdout
+        assert fragment in out, out
 
 
 def check_train_and_resume(experiment: Path, tmp_path: Path, overrides: dict[str, str], *, epochs: int,
@@ -48,11 +51,11 @@ def check_train_and_resume(experiment: Path, tmp_path: Path, overrides: dict[str
     should, the resumed run's metrics.csv is the uninterrupted one's byte for byte (the data order,
     random augmentation and dropout repeat), and the last val_accuracy beats `better_than`.
     Returns the uninterrupted run's metrics.csv rows."""
+    from tuneloop import cli
+
     args = sets({**overrides, "run.epochs": str(epochs)})
-    straight = tmp_path / "straight"
-    proc = tuneloop(["train", str(experiment), *args, "--device", "cpu", "--output", str(straight)], tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"epoch {epochs}/{epochs}" in proc.stdout
+    straight = tmp_path / "straight"  # in this process (one intra-op thread, as the subprocesses below)
+    assert cli.main(["train", str(experiment), *args, "--device", "cpu", "--output", str(straight)]) == 0
     rows = metrics_rows(straight)
     assert [int(row["epoch"]) for row in rows] == list(range(epochs))
     assert float(rows[-1]["val_accuracy"]) > better_than, rows

@@ -10,7 +10,7 @@ import pytest
 
 from tl_sweeps import probe_experiment, run_sweep, study_of
 
-pytestmark = pytest.mark.ray
+pytestmark = pytest.mark.usefixtures("ray_local")  # one Ray for both sweeps (and the other tests using it)
 
 SPACE = {
     "optimizer": {"type": "categorical", "choices": ["torch.optim.AdamW", "torch.optim.SGD"],
