@@ -20,6 +20,7 @@ from tuneloop.metrics import accuracy
 from tuneloop.recipes.digits import MLP
 from tuneloop.trainer import Trainer
 from tuneloop.training.data import make_loader
+from tl_testing import assert_state_dicts_equal
 
 
 class Seen(TrainingCallback):
@@ -67,22 +68,6 @@ def build(digits, checkpoint_dir=None, seed=123, schedule="step", **options):
 
 def callback(trainer, cls):
     return next(c for c in trainer.callbacks if isinstance(c, cls))
-
-
-def assert_state_dicts_equal(a, b, path="state"):
-    """Bitwise equality of nested state dicts (tensors with torch.equal and the same dtype)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            assert_state_dicts_equal(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_state_dicts_equal(x, y, f"{path}[{i}]")
-    else:
-        assert a == b or (a != a and b != b), f"{path}: {a!r} != {b!r}"
 
 
 # --- exact resume ---------------------------------------------------------------------------

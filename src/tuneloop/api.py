@@ -33,9 +33,7 @@ def train(experiment: Experiment, overrides: Iterable[str] = (), *, device: str 
     with in_file(source_name(experiment)):
         cfg = load_experiment(experiment, overrides)
         check_imports(cfg)
-        run_dir = Path(output) if output is not None else run.default_run_dir(cfg)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise UserError("the run directory must be new or empty", key="output", value=str(run_dir))
+        run_dir = run.new_run_dir(cfg, output, key="output")
         preflight(cfg, device=device)
         return run.train(cfg, run_dir=run_dir, device=device, progress=progress)
 

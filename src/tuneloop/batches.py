@@ -62,17 +62,13 @@ def to_device(batch: Any, device: torch.device) -> Any:
 def sample_count(batch: Any, targets: Any = None) -> int:
     """How many samples a batch holds: the length of `targets` when given, else the leading
     dimension of the first tensor in `batch` (a shape, read without a device sync)."""
-    if isinstance(targets, torch.Tensor):
-        return int(targets.shape[0]) if targets.dim() else 1
+    source = batch if targets is None else targets
+    first = source if isinstance(source, torch.Tensor) else next(iter(tensors(source)), None)  # (a tensor: at once)
+    if first is not None:
+        return int(first.shape[0]) if first.dim() else 1
     if targets is not None:
-        first = tensors(targets)
-        if first:
-            return int(first[0].shape[0]) if first[0].dim() else 1
         return len(targets)
-    first = tensors(batch)
-    if not first:
-        raise ValueError(f"a batch must hold at least one tensor, but got a {type(batch).__name__}")
-    return int(first[0].shape[0]) if first[0].dim() else 1
+    raise ValueError(f"a batch must hold at least one tensor, but got a {type(batch).__name__}")
 
 
 def describe(value: Any) -> str:

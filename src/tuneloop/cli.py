@@ -72,17 +72,13 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_checked(args, *, scheduler: bool = False):
+def load_checked(args):
     """The experiment of `args` read, overridden and checked (import paths, keyword arguments, the
-    sampler; with `scheduler`, the scheduler's arguments too)."""
+    sampler)."""
     from tuneloop.config import check_imports, load_experiment
 
     cfg = load_experiment(args.experiment, args.overrides)
     check_imports(cfg)
-    if scheduler:
-        from tuneloop.tune.schedulers import check_scheduler
-
-        check_scheduler(cfg)
     return cfg
 
 
@@ -117,9 +113,7 @@ def new_train(args, run) -> int:
         raise UserError("must be at least 1", key="--seeds", value=args.seeds)
     with in_file(args.experiment):
         cfg = load_checked(args)
-    run_dir = args.output or run.default_run_dir(cfg)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError("the run directory must be new or empty", key="--output", value=str(run_dir))
+    run_dir = run.new_run_dir(cfg, args.output, key="--output")
     with in_file(args.experiment):  # one batch before anything is written (seeds: on the CPU, as a sweep)
         preflight(cfg, device=args.device if args.seeds is None else "cpu")
     if args.seeds is not None:
@@ -184,12 +178,13 @@ def print_result(result) -> None:
 
 
 def cmd_sweep(args) -> int:
+    from tuneloop.config import load_experiment
+    from tuneloop.sweep.checks import check_experiment
     from tuneloop.sweep.run import run_sweep
-    from tuneloop.training.preflight import preflight
 
     with in_file(args.experiment):
-        cfg = load_checked(args, scheduler=True)
-        preflight(cfg, device="cpu")  # one batch, before Ray starts (cheap)
+        cfg = load_experiment(args.experiment, args.overrides)
+        check_experiment(cfg)  # one batch on the CPU, before Ray starts (cheap)
         return run_sweep(cfg, address=args.address, quiet=args.quiet, overwrite=args.overwrite)
 
 
@@ -200,11 +195,12 @@ def cmd_resume(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from tuneloop.training.preflight import preflight
+    from tuneloop.config import load_experiment
+    from tuneloop.sweep.checks import check_experiment
 
     with in_file(args.experiment):
-        cfg = load_checked(args, scheduler=True)
-        report = preflight(cfg, device=args.device)
+        cfg = load_experiment(args.experiment, args.overrides)
+        report = check_experiment(cfg, device=args.device)
     print(f"{args.experiment}: valid. One batch on {report['device']}: input {report['input_shape']} → "
           f"output {report['output_shape']}, target {report['target_shape']}, loss {report['loss']:.4g}; "
           f"{report['train_samples'] or 'unknown'} train / {report['val_samples'] or 'unknown'} val samples, "

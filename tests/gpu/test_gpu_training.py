@@ -29,6 +29,7 @@ import yaml
 
 from tl_recipes import REPO, sets
 from tl_sweeps import probe_experiment, study_of, trial_rows
+from tl_testing import assert_state_dicts_equal
 from tuneloop.callbacks import (CheckpointCallback, GradientClippingCallback, GradientMonitorCallback,
                                 NaNDetectionCallback, OptimizerModeCallback, TrainingCallback)
 from tuneloop.checkpoints import load_state, restore_state
@@ -83,22 +84,6 @@ def data(n=256, seed=0):
 def small_model(dropout=0.0):
     return torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.ReLU(), torch.nn.Dropout(dropout),
                                torch.nn.Linear(32, 2))
-
-
-def assert_bitwise_equal(a, b, path="state"):
-    """Nested state dicts equal bit for bit (tensors: same dtype and torch.equal)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            assert_bitwise_equal(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_bitwise_equal(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 class StepLog(TrainingCallback):
@@ -276,8 +261,8 @@ def test_exact_resume_on_the_gpu_includes_the_cuda_rng(digits, tmp_path, precisi
     resumed, resumed_seen = resume(reseed_cuda=False)
     assert [row[0] for row in resumed_seen.rows] == [2, 3]
     assert resumed_seen.rows == whole_seen.rows[2:]
-    assert_bitwise_equal(resumed.model.state_dict(), whole.model.state_dict())
-    assert_bitwise_equal(resumed.optimizer.state_dict(), whole.optimizer.state_dict())
+    assert_state_dicts_equal(resumed.model.state_dict(), whole.model.state_dict())
+    assert_state_dicts_equal(resumed.optimizer.state_dict(), whole.optimizer.state_dict())
     assert resumed.scaler.state_dict() == whole.scaler.state_dict()
 
     other, _ = resume(reseed_cuda=True)

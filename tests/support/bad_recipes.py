@@ -107,14 +107,8 @@ class Net(nn.Module):
         return out.sum(-1) if self.squeeze else out
 
 
-class _Dicts(Dataset):
+class _Dicts(_Pairs):
     """Samples as dicts (as Hugging Face datasets give them): batches are dicts."""
-
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.x)
 
     def __getitem__(self, index):
         return {"features": self.x[index], "labels": self.y[index]}

@@ -21,21 +21,21 @@ class CompileCallback(TrainingCallback):
         self.mode = mode
         self.options = {k: v for k, v in (("mode", mode), ("backend", backend)) if v}  # torch.compile's
         self._compiled: set[int] = set()  # id() of the modules compiled so far
-        self._started: float | None = None
+        self._started: float | None = None  # when the first step after a compilation began (until printed)
 
     def on_train_begin(self, trainer, **kwargs):
         if id(trainer.model) not in self._compiled:
             trainer.model.compile(**self.options)
             self._compiled.add(id(trainer.model))
-            self._started = None
-
-    def on_train_epoch_begin(self, trainer, **kwargs):
-        if self._started is None:
             self._started = time.perf_counter()
 
+    def on_train_epoch_begin(self, trainer, **kwargs):
+        if self._started is not None:
+            self._started = time.perf_counter()  # the epoch's first step compiles: time from here
+
     def on_train_step_end(self, trainer, **kwargs):
-        if self._started is not None and self._started > 0:
+        if self._started is not None:
             took = time.perf_counter() - self._started  # the host waits for compilation: no device sync needed
             print(f"[tuneloop] torch.compile{f' (mode {self.mode})' if self.mode else ''}: "
                   f"the first step, with compilation, took {took:.1f}s", flush=True)
-            self._started = 0.0  # printed
+            self._started = None

@@ -12,7 +12,7 @@ import itertools
 from typing import Any, Callable, Iterable
 
 from tuneloop.config.errors import UserError
-from tuneloop.config.schema import ExperimentConfig, flat_params, walk_params
+from tuneloop.config.schema import IMPORT_KEYS, ExperimentConfig, flat_params, walk_params
 
 
 def resolve(path: str, *, key: str) -> Any:
@@ -137,9 +137,6 @@ def _space_keys(keys: Iterable[str], section: str) -> list[str]:
     return [k[len(prefix):] for k in keys if k.startswith(prefix)]
 
 
-IMPORT_KEYS = ("trainer", "data", "net", "optimizer", "scheduler", "criterion", "collate_fn")
-
-
 def branches(cfg: ExperimentConfig):
     """Each configuration of `run` a trial can have, as far as import paths and keyword names go:
     (run with the choices made, the searched keys it uses, the choices as text). One branch per
@@ -148,7 +145,7 @@ def branches(cfg: ExperimentConfig):
     space = cfg.sweep.search_space
     dims = [(k, p) for k, p in space.items() if getattr(p, "subspaces", None) or k in IMPORT_KEYS
             and getattr(p, "choices", None)]
-    always = [k for k in space]
+    always = list(space)
     for combination in itertools.product(*[p.choices for _, p in dims]):
         run, keys = cfg.run, list(always)
         for (key, param), choice in zip(dims, combination):

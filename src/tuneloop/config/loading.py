@@ -14,12 +14,11 @@ from pydantic import BaseModel, ValidationError
 from tuneloop.config.errors import UserError, Verbatim
 from tuneloop.config.overrides import apply_override
 from tuneloop.config.yaml12 import parse_yaml
-from tuneloop.config.schema import (DEVICE_PATTERN, DEVICES, IMPORT_PATH, PARAM_TYPES, RULES, ExperimentConfig,
+from tuneloop.config.schema import (DEVICE_PATTERN, DEVICES, IMPORT_KEYS, IMPORT_PATH, PARAM_TYPES, RULES, ExperimentConfig,
                                     _KeyedError)
 
 
 DICT_FILE = "<experiment dict>"  # how messages name an experiment given as a dict (the Python API)
-IMPORT_KEYS = ("trainer", "data", "net", "optimizer", "scheduler", "criterion", "collate_fn")  # run's import paths
 
 
 def source_name(experiment) -> str:

@@ -102,6 +102,9 @@ class CallbackSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+IMPORT_KEYS = ("trainer", "data", "net", "optimizer", "scheduler", "criterion", "collate_fn")  # run's import paths
+
+
 class RunConfig(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     trainer: ImportPath = "tuneloop.trainer.Trainer"  # a subclass overrides compute_loss for a custom step

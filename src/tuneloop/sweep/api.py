@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from tuneloop.config import ExperimentConfig, check_imports, load_experiment
+from tuneloop.config import ExperimentConfig, load_experiment
 from tuneloop.config.errors import in_file
 from tuneloop.config.loading import source_name
 
@@ -42,16 +42,13 @@ class SweepResult:
 def sweep(experiment: Experiment, overrides: Iterable[str] = (), *, address: str | None = None,
           quiet: bool = False, overwrite: bool = False) -> SweepResult:
     """Run the experiment's sweep (as `tuneloop sweep`) and return its results; `quiet`: no live table."""
+    from tuneloop.sweep.checks import check_experiment
     from tuneloop.sweep.paths import experiment_dir
     from tuneloop.sweep.run import run_sweep
-    from tuneloop.training.preflight import preflight
-    from tuneloop.tune.schedulers import check_scheduler
 
     with in_file(source_name(experiment)):
         cfg = load_experiment(experiment, overrides)
-        check_imports(cfg)
-        check_scheduler(cfg)
-        preflight(cfg, device="cpu")
+        check_experiment(cfg)
         status = run_sweep(cfg, address=address, quiet=quiet, overwrite=overwrite)
     return read_sweep(experiment_dir(cfg), status=status)
 

@@ -19,6 +19,19 @@ from tuneloop.sweep.paths import experiment_dir
 from tuneloop.tune import _compat
 
 
+def check_experiment(cfg: ExperimentConfig, *, device: str | None = "cpu") -> dict:
+    """What `validate` checks and a sweep checks before Ray starts: import paths and keyword
+    arguments (every branch of the search space), the sampler and the scheduler's arguments, then
+    one training batch (the preflight, on `device`; a sweep's on the CPU: cheap). Its report."""
+    from tuneloop.config import check_imports
+    from tuneloop.training.preflight import preflight
+    from tuneloop.tune.schedulers import check_scheduler
+
+    check_imports(cfg)
+    check_scheduler(cfg)
+    return preflight(cfg, device=device)
+
+
 def check_search_space(cfg: ExperimentConfig) -> None:
     """A sweep searches at least one parameter; PBT (no searcher: it mutates configs itself) takes
     neither sub-spaces nor points to evaluate nor a warm start."""

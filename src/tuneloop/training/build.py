@@ -63,9 +63,6 @@ class Step:
                         value=Verbatim(f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__)) from exc
 
 
-shape = describe  # a value as messages show it: `shape (16, 3) float32`, `{input_ids: shape ...}`, `type list`
-
-
 def call(path: str, first: str, config: dict) -> str:
     """How tuneloop calls the user's code, e.g. `torch.optim.AdamW(params, lr=-1.0)`."""
     args = ([first] if first else []) + [f"{k}={v!r}" for k, v in config.items()]
@@ -111,7 +108,7 @@ def build_loaders(run: RunConfig, train_set, val_set, device: torch.device, reso
         tensors = getattr(dataset, "tensors", None)
         if isinstance(dataset, TensorDataset) and len(tensors) == 2 and len(tensors[0]) != len(tensors[1]):
             raise UserError(f"the {split} split's inputs and targets must have the same length", key="run.data",
-                            value=Verbatim(f"inputs of {shape(tensors[0])}, targets of {shape(tensors[1])}"))
+                            value=Verbatim(f"inputs of {describe(tensors[0])}, targets of {describe(tensors[1])}"))
         if sizes[split] == 0:
             raise UserError(f"the {split} split of {run.data}() must not be empty", key="run.data",
                             value=Verbatim("0 samples"))

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-DEFAULT_OPTIONS = {"num_workers": 0, "pin_memory": False, "persistent_workers": False, "prefetch_factor": None,
-                   "drop_last": False}  # run.loader_config's defaults (tuneloop.config.schema.LoaderConfig)
+from tuneloop.config.schema import LoaderConfig
+
+DEFAULT_OPTIONS = LoaderConfig().model_dump()  # run.loader_config's defaults
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import torch
 
-from tuneloop.batches import sample_count, tensors
+from tuneloop.batches import describe, sample_count, tensors
 from tuneloop.config.errors import UserError, Verbatim
 from tuneloop.config.imports import resolve_run
 from tuneloop.config.schema import ExperimentConfig
 from tuneloop.trainer import Trainer
 from tuneloop.training.build import (Step, build_criterion, build_data, build_loaders, build_model, build_optimizer,
                                      build_scheduler, build_trainer, build_user_callbacks, call, pick_device,
-                                     seed_everything, shape)
+                                     seed_everything)
 
 
 def preflight(cfg: ExperimentConfig, *, device: str | None = None) -> dict:
@@ -40,12 +40,12 @@ def preflight(cfg: ExperimentConfig, *, device: str | None = None) -> dict:
     model.train()
     with trainer.autocast():
         loss, outputs, targets = one_step(trainer, run, batch)
-    found = f"outputs of {shape(outputs)} and targets of {shape(targets)}"
+    found = f"outputs of {describe(outputs)} and targets of {describe(targets)}"
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         source = run.criterion if custom_step(trainer) is None else f"{run.trainer}.compute_loss"
         raise UserError(f"{source} must return a scalar loss (one number per batch) on the model's {found}",
                         key="run.criterion" if custom_step(trainer) is None else "run.trainer",
-                        value=Verbatim(f"a loss of {shape(loss)}"))
+                        value=Verbatim(f"a loss of {describe(loss)}"))
     if not loss.requires_grad:
         raise UserError("the loss must depend on the model's parameters (requires_grad)", key="run.net",
                         value=Verbatim("a loss without a gradient"))
@@ -62,8 +62,8 @@ def preflight(cfg: ExperimentConfig, *, device: str | None = None) -> dict:
     inputs = batch[0] if custom_step(trainer) is None else batch
     return {
         "device": str(device), "train_samples": loaders.train_samples, "val_samples": loaders.val_samples,
-        "batch": shape(batch), "input_shape": shape(inputs), "target_shape": shape(targets),
-        "output_shape": shape(outputs), "loss": float(loss.detach()), "metrics": metric_values,
+        "batch": describe(batch), "input_shape": describe(inputs), "target_shape": describe(targets),
+        "output_shape": describe(outputs), "loss": float(loss.detach()), "metrics": metric_values,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 
@@ -78,7 +78,7 @@ def one_step(trainer: Trainer, run, batch):
     """`trainer.compute_loss(batch)`, each part of it inside the Step that names its key: the
     default step as forward (run.net) and criterion (run.criterion), a custom one as a whole."""
     if custom_step(trainer) is not None:
-        with Step("run.trainer", f"{run.trainer}.compute_loss on a batch of {shape(batch)}"):
+        with Step("run.trainer", f"{run.trainer}.compute_loss on a batch of {describe(batch)}"):
             result = trainer.compute_loss(batch)
         if not (isinstance(result, tuple) and len(result) == 3):
             length = f" of length {len(result)}" if isinstance(result, (tuple, list)) else ""
@@ -86,10 +86,10 @@ def one_step(trainer: Trainer, run, batch):
                             key="run.trainer", value=Verbatim(f"a {type(result).__name__}{length}"))
         return result
     inputs, targets = batch
-    with Step("run.net", f"the model's forward pass on inputs of {shape(inputs)}"):
+    with Step("run.net", f"the model's forward pass on inputs of {describe(inputs)}"):
         outputs = trainer.model(inputs)
-    with Step("run.criterion", f"{run.criterion} on the model's outputs of {shape(outputs)} and targets of "
-                               f"{shape(targets)}"):
+    with Step("run.criterion", f"{run.criterion} on the model's outputs of {describe(outputs)} and targets of "
+                               f"{describe(targets)}"):
         loss = trainer.criterion(outputs, targets)
     return loss, outputs, targets
 
@@ -102,16 +102,16 @@ def first_batch(loader, train_set, trainer: Trainer):
     if custom_step(trainer) is not None:
         if not tensors(batch):
             raise UserError("a training batch must hold at least one tensor", key="run.data",
-                            value=Verbatim(shape(batch)))
+                            value=Verbatim(describe(batch)))
         return batch
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
         length = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
         raise UserError("a training batch must be a pair (inputs, targets) for the default Trainer.compute_loss "
                         "(for other batches, set run.trainer to a Trainer subclass that overrides compute_loss)",
-                        key="run.data", value=Verbatim(f"a {type(batch).__name__}{length}: {shape(batch)}"))
+                        key="run.data", value=Verbatim(f"a {type(batch).__name__}{length}: {describe(batch)}"))
     inputs, targets = batch
     if isinstance(inputs, torch.Tensor) and isinstance(targets, torch.Tensor) and len(inputs) != len(targets):
         raise UserError("a batch must hold as many targets as inputs", key="run.data",
-                        value=Verbatim(f"inputs of {shape(inputs)}, targets of {shape(targets)}"))
+                        value=Verbatim(f"inputs of {describe(inputs)}, targets of {describe(targets)}"))
     sample_count(batch, targets)
     return batch

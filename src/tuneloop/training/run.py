@@ -23,6 +23,7 @@ from tuneloop._io import atomic_write_text
 from tuneloop.callbacks.metrics_csv import MetricsCsvCallback
 from tuneloop.callbacks.progress import ProgressCallback
 from tuneloop.checkpoints import CheckpointManager, DamagedCheckpoint, ended, load_state, restore_state
+from tuneloop.config.errors import UserError
 from tuneloop.config.schema import ExperimentConfig
 from tuneloop.config.yaml12 import dump_yaml
 from tuneloop.storage import METRICS_FILE
@@ -53,6 +54,15 @@ class Interrupted(KeyboardInterrupt):
 def default_run_dir(cfg: ExperimentConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(cfg.sweep.storage_path) / cfg.run.name / f"train_{stamp}"
+
+
+def new_run_dir(cfg: ExperimentConfig, output: str | Path | None, *, key: str) -> Path:
+    """`output` (else the default run directory), which must be new or empty: a UserError naming
+    `key` (the flag or argument that gave it) otherwise."""
+    run_dir = Path(output) if output is not None else default_run_dir(cfg)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError("the run directory must be new or empty", key=key, value=str(run_dir))
+    return run_dir
 
 
 def train(cfg: ExperimentConfig, *, run_dir: Path, device: str | None = None,
