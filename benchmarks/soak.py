@@ -1,13 +1,16 @@
 """Soak: a long sweep of a tiny model, checking that nothing leaks or goes missing.
 
-A 200-trial sweep (default) of a 1-layer digits MLP (4 epochs, ASHA, a checkpoint every epoch,
-`keep_last_k: 1`) on 2 CPUs, run in this process (this process is the driver). Checks, and
-prints:
+A 200-trial sweep (default; `--trials 2000` for the long soak) of a 1-layer digits MLP (4 epochs,
+ASHA, a checkpoint every epoch, `keep_last_k: 1`) on 2 CPUs, run in this process (this process is
+the driver). Checks, and prints:
 
 - every trial accounted for: Tune's trials (results.csv, one row per trial) and the Optuna study
   agree on the number of trials and on the number complete / pruned / failed, none RUNNING;
 - the driver's memory: RSS (psutil) sampled every few seconds, printed at the start, middle and
-  end of the sweep (by trials started), with the growth over the second half;
+  end of the sweep (by trials started), with the growth over the second half (target <= 75 KB
+  per trial);
+- the cost per trial: the mean wall time per trial (between trial ends) over the last 10% of
+  the trials against the first 10% (target <= 1.2);
 - disk: every finished trial keeps at most `keep_last_k` + 1 checkpoints (the last k and the best),
   and the experiment directory's size against that bound.
 
@@ -178,6 +181,16 @@ def main() -> int:
         if not epochs or epochs != list(range(len(epochs))):
             failures.append(f"{trial_dir.name}: epochs {epochs}")
 
+    # --- the cost per trial: flat (the driver's work per result must not grow with the trials so far)
+    ends = sorted(max(json.loads(line)["reported_at"] for line in (d / "result.json").read_text().splitlines()
+                      if line.strip()) for d in trial_dirs if (d / "result.json").exists())
+    tenth = max(2, len(ends) // 10)
+    first = (ends[tenth] - ends[0]) / tenth  # from the first trial's end: start-up excluded
+    last = (ends[-1] - ends[-1 - tenth]) / tenth
+    per_trial_ratio = last / first if first > 0 else float("nan")
+    print(f"wall time per trial: first 10% {first * 1000:.0f} ms, last 10% {last * 1000:.0f} ms, "
+          f"ratio {per_trial_ratio:.2f} (target <= 1.2: {'met' if per_trial_ratio <= 1.2 else 'missed'})")
+
     # --- driver memory: flat
     samples = sampler.samples
 
@@ -193,6 +206,9 @@ def main() -> int:
     second_half = (end[1] - middle[1]) / MB
     per_trial_kb = (end[1] - quarter[1]) / 1024 / max(1, args.trials - quarter[2])
     print(f"driver RSS growth: second half {second_half:+.1f} MB, from 25% to the end {per_trial_kb:+.1f} KB/trial")
+    half_kb = (end[1] - middle[1]) / 1024 / max(1, args.trials - middle[2])
+    print(f"driver RSS growth over the second half: {half_kb:+.1f} KB/trial "
+          f"(target <= 75: {'met' if half_kb <= 75 else 'missed'})")
     if args.tracemalloc and sampler.snapshot is not None:
         import tracemalloc
 

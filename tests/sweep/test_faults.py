@@ -91,6 +91,8 @@ def test_the_driver_killed_three_times_resumes_to_the_end(tmp_path, ray_tmp):
         assert [r["epoch"] for r in rows] == list(range(len(rows))), result
         histories[result.parent.name] = rows
     assert len(histories) == trials
+    # a trial started after the snapshot a resume restored, and trained again by a new trial, is gone
+    assert sorted(p.name for p in directory.glob("trial_*")) == sorted(histories)
     study = optuna.load_study(study_name="probe", storage=f"sqlite:///{directory / 'optuna.db'}")
     assert len(study.trials) == trials
     assert all(t.state in (State.COMPLETE, State.PRUNED) for t in study.trials)

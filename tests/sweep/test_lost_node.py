@@ -76,8 +76,11 @@ class NodeKiller(threading.Thread):
 
 
 @pytest.mark.slow
-def test_trial_on_a_lost_node_resumes_on_the_other_node(tmp_path, ray_cluster):
+def test_trial_on_a_lost_node_resumes_on_the_other_node(tmp_path, ray_cluster, monkeypatch):
     cluster = ray_cluster
+    # the node killer watches the trials' result.json in the storage: Tune copies it there with
+    # each experiment snapshot, which is then taken after every result
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")
     from tuneloop.config import validate_experiment
     from tuneloop.sweep.paths import experiment_dir
     from tuneloop.sweep.run import run_sweep

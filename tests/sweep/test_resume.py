@@ -262,3 +262,51 @@ def test_a_driver_killed_right_after_a_trials_final_checkpoint_resumes_it_as_com
         [row] = list(csv.DictReader(handle))
     assert row["state"] == "complete" and float(row["val_loss"]) == rows[-1]["val_loss"]
     assert int(row["epochs"]) == 3
+
+
+@pytest.mark.slow
+def test_a_killed_driver_whose_snapshot_lagged_loses_no_epoch(tmp_path, ray_tmp, monkeypatch):
+    """Tune snapshots the experiment only now and then (here: once, at the start, before any
+    checkpoint). The driver is SIGKILLed with the trial 4 epochs in: the resumed trial continues
+    from its own newest checkpoint (epoch 3) instead of epoch 0, sends Tune the 4 reports its
+    snapshot lost, and its history, metrics.csv and the study hold every epoch once."""
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "3600")
+    gate, log = tmp_path / "gate", tmp_path / "epochs.jsonl"
+    gate.touch()
+    experiment = probe_experiment(tmp_path, epochs=6, num_samples=1, max_concurrent_trials=1)
+    experiment["run"]["checkpoint_config"]["save_every_n_epochs"] = 1
+    experiment["run"]["callbacks"] = [{"class": "tl_testing.EpochLog", "path": str(log)},
+                                      {"class": "tl_chaos.Gate", "gate": str(gate), "from_epoch": 4}]
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    directory = tmp_path / "results" / "probe"
+
+    driver = launch(["sweep", str(path), "--quiet"], ray_tmp, tmp_path)
+    waits = Path(f"{gate}.waits")
+    deadline = time.monotonic() + 180
+    while not waits.exists() and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert waits.exists(), driver.communicate(timeout=60)[0]
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.communicate(timeout=60)
+    assert not ray_processes_after(ray_tmp)
+    assert rework_allowed(log, restored_epochs(directory)) == 4  # waits for the trial's process to end
+    assert restored_epochs(directory) == {}  # the snapshot names no checkpoint of the trial
+    gate.unlink()
+
+    resume = launch(["resume", str(directory)], ray_tmp, tmp_path)
+    output, _ = resume.communicate(timeout=240)
+    assert resume.returncode == 0, output
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == list(range(6))  # none twice
+    [result] = directory.glob("trial_*/result.json")
+    rows = [json.loads(line) for line in result.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(6))
+    assert [r["training_iteration"] for r in rows] == list(range(1, 7))  # the schedulers' clock
+    assert [r["resumed_from"] for r in rows[4:]] == ["checkpoint_000003"] * 2
+    with open(result.parent / "metrics.csv") as handle:
+        assert [float(r["val_loss"]) for r in csv.DictReader(handle)] == [r["val_loss"] for r in rows]
+    [trial] = optuna.load_study(study_name="probe", storage=f"sqlite:///{directory / 'optuna.db'}").trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == rows[-1]["val_loss"]
+    assert [trial.intermediate_values[e] for e in range(6)] == [r["val_loss"] for r in rows]
+    assert sorted(p.name for p in result.parent.glob("checkpoint_*"))[-2:] == ["checkpoint_000004",
+                                                                             "checkpoint_000005"]

@@ -24,6 +24,15 @@ class MetricsCsvCallback(TrainingCallback):
 
     def on_epoch_end(self, trainer, *, epoch, train_loss, val_loss, metrics, **kwargs):
         self.rows.append(trainer.epoch_record(epoch, train_loss, val_loss, metrics))
+        self.write()
+
+    def keep_until(self, epoch: int) -> None:
+        """Drop the rows after `epoch` and rewrite the file (a run that really ended there)."""
+        self.rows = [row for row in self.rows if row["epoch"] <= epoch]
+        self.write()
+
+    def write(self) -> None:
+        """Rewrite `path` atomically with every row."""
         columns = list(dict.fromkeys(key for row in self.rows for key in row))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")

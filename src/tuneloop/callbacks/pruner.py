@@ -35,6 +35,7 @@ class PrunerCallback(TrainingCallback):
         self.report = report or _tune_report
         self.static = dict(static or {})  # sent with every report (e.g. node id, pid, GPU ids)
         self.reports = 0
+        self.last_epoch: int | None = None  # the epoch of the last report sent
 
     def on_epoch_end(self, trainer, *, epoch, train_loss, val_loss, metrics, **kwargs):
         record = trainer.epoch_record(epoch, train_loss, val_loss, metrics)
@@ -50,15 +51,22 @@ class PrunerCallback(TrainingCallback):
         """Report again the last epoch of a trial restored from the checkpoint of its own end
         (`record` and `reason` as that checkpoint holds them): it has nothing left to train, and
         its end reaches Tune, the study and the results as if it had just happened. A STOP in
-        reply changes nothing: the trial is over either way."""
-        try:
-            self._send(dict(record), reason, None)
-        except SystemExit:
-            pass
+        reply (SystemExit) passes through, as after any last epoch: a trial function that returns
+        after a STOP would block Ray's thread in its final report, and the actor could not be reused."""
+        self._send(dict(record), reason, None)
+
+    def report_lost(self, records: list[dict]) -> None:
+        """Report again epochs whose reports Tune lost (its experiment snapshot was taken before them
+        and the driver died), from the records of the checkpoint the trial continues from. A
+        scheduler STOP in reply passes through (SystemExit): the trial ends at that epoch, as it
+        would have then."""
+        for record in records:
+            self._send(dict(record), "", None)
 
     def _send(self, record: dict, reason: str, checkpoint_dir: str | None) -> None:
         record.update(self.static, trial_done=bool(reason), done_reason=reason, reported_at=time.time())
         self.reports += 1
+        self.last_epoch = record.get("epoch")
         self.report(record, checkpoint_dir)
 
 

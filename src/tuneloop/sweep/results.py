@@ -87,6 +87,26 @@ def tidy_histories(storage: Storage) -> None:
                     storage.write_bytes(f"{trial_dir}/{TRIAL_PROGRESS}", buffer.getvalue().encode())
 
 
+def drop_superseded(storage: Storage, trials) -> list[str]:
+    """Delete the trial directories that none of Tune's `trials` owns; returns their names.
+
+    A trial that started after the experiment snapshot a resume restored is unknown to Tune
+    after the resume: its Optuna trial is taken over by a new trial, which trains its
+    configuration again (`tuneloop.tune.searcher`). What it left (metrics.csv, checkpoints, no
+    result.json) is a partial duplicate that reports and results must not count. Call it only
+    once every trial ended.
+    """
+    from tuneloop.tune._compat import trial_storage_of
+
+    if not trials:  # Tune's list of trials is missing: nothing can be told apart
+        return []
+    owned = {trial_storage_of(trial)[1].rstrip("/").rpartition("/")[2] for trial in trials}
+    superseded = [name for name in storage.listdir() if name.startswith("trial_") and name not in owned]
+    for name in superseded:
+        storage.delete_dir(name)
+    return superseded
+
+
 def _last_per_epoch(rows: list, epoch_of) -> list:
     latest = {}
     for index, row in enumerate(rows):

@@ -21,7 +21,8 @@ from tuneloop.sweep.checks import (check_cluster_resources, check_local_resource
                                    check_search_space, check_shared_storage, check_storage, check_study, unusable)
 from tuneloop.sweep.locking import DirectoryUnusable, clear_directory, experiment_lock
 from tuneloop.sweep.paths import DONE_FILE, DRIVER_FILES, EXPERIMENT_FILE, sweep_place
-from tuneloop.sweep.results import HISTORY_REWINDS, print_table, summarize, tidy_histories, write_results
+from tuneloop.sweep.results import (HISTORY_REWINDS, drop_superseded, print_table, summarize, tidy_histories,
+                                    write_results)
 from tuneloop.sweep.warm_start import source_of, warm_start
 
 INTERRUPTED = 130  # the exit status of a sweep that stopped before every trial ended (as after Ctrl-C)
@@ -128,10 +129,11 @@ def drive(cfg: ExperimentConfig, place: SweepPlace, make_tuner, address: str | N
     import optuna
     import ray
 
+    from tuneloop.config.schedulers import REGISTRY as SCHEDULERS
     from tuneloop.sweep.tuner import SweepParts
     from tuneloop.tune._compat import version_warnings
     from tuneloop.tune.session import ensure_ray
-    from tuneloop.tune.state import publish_final
+    from tuneloop.tune.state import publish_final, snapshot_policy
     from tuneloop.tune.trial_log import TrialLog
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created ..." lines
@@ -145,7 +147,8 @@ def drive(cfg: ExperimentConfig, place: SweepPlace, make_tuner, address: str | N
         tuner = make_tuner()
         parts = SweepParts.bind(tuner, place)
         parts.progress.display(quiet=quiet, trial_log=trial_log)
-        results = tuner.fit()
+        with snapshot_policy(SCHEDULERS[cfg.sweep.scheduler.name].pauses):
+            results = tuner.fit()
         if parts.trial_ends.all_ended():  # an interrupted sweep keeps the state Tune saved when it stopped
             publish_final(parts.trial_ends.trials, place.storage)
     finally:
@@ -166,6 +169,7 @@ def finish(cfg: ExperimentConfig, place: SweepPlace, results, trial_ends) -> int
     unfinished = [r for r in rows if r.state == "running"]
     done = not unfinished and len(rows) >= cfg.sweep.num_samples
     if done:
+        drop_superseded(storage, trial_ends.trials)
         atomic_write_text(directory / DONE_FILE, f"{len(rows)} trials\n")
     if not storage.is_local:
         storage.upload(directory, DRIVER_FILES)

@@ -24,7 +24,8 @@ def build_trainable(cfg: ExperimentConfig):
         # after it would run twice. PBT also needs the checkpoint of the epoch it exploits.
         run_dict["checkpoint_config"].update(enabled=True, save_every_n_epochs=1)
     function = tune.with_parameters(train_trial, run=run_dict, experiment=run.name,
-                                    tags=(f"scheduler:{sweep.scheduler.name}", f"sampler:{sweep.sampler.name}"))
+                                    tags=(f"scheduler:{sweep.scheduler.name}", f"sampler:{sweep.sampler.name}"),
+                                    adopt=not SCHEDULERS[sweep.scheduler.name].pauses)
     return tune.with_resources(
         trainable_class(function),
         {"cpu": sweep.resources_per_trial.cpu, "gpu": sweep.resources_per_trial.gpu})

@@ -47,6 +47,17 @@ def trial_storage():
     return storage.storage_filesystem, storage.trial_fs_path
 
 
+def number_checkpoints_after(index: int) -> None:
+    """Make the running trial's next checkpoint `checkpoint_<index + 1>` (or later). Ray numbers a
+    restored trial's checkpoints on from the one its experiment snapshot names; after a trial
+    adopted a newer checkpoint of its own (`tuneloop.tune.trial_checkpoint.adopt_newer`), that would
+    overwrite the newer ones. The numbering is the session's StorageContext's; no public API sets it."""
+    from ray.train._internal.session import get_storage
+
+    storage = get_storage()
+    storage.current_checkpoint_index = max(storage.current_checkpoint_index, index)
+
+
 def function_trainable_waiting_for_its_thread(function, timeout_s: float):
     """Ray's class for the function trainable `function`, whose `cleanup` lets the trial's thread
     end (up to `timeout_s`) before the actor stops. Ray's own cleanup does not wait when an actor is

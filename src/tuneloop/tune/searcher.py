@@ -84,9 +84,14 @@ class TruthfulOptunaSearch(OptunaSearch):
             self.__setstate__(pickle.load(handle))
         self.bind(place)
         study = _compat.optuna_study(self)
-        known = {t.number for t in _compat.optuna_trials(self).values()}
-        self._orphans = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                         if t.number not in known]
+        in_study = {t.number: t for t in study.get_trials(deepcopy=False)}
+        known = {tune_id: trial.number for tune_id, trial in _compat.optuna_trials(self).items()}
+        self._orphans = [t for number, t in in_study.items()
+                         if t.state == TrialState.RUNNING and number not in known.values()]
+        # epochs the study holds already (told before the crash): not told again when a restored
+        # trial reports them once more (Optuna would warn that it ignores them)
+        self._reported = {tune_id: set(in_study[number].intermediate_values)
+                          for tune_id, number in known.items() if number in in_study}
         study.sampler.reseed_rng()
 
     def suggest(self, trial_id: str):
@@ -94,6 +99,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         if orphans and trial_id not in _compat.optuna_trials(self):
             orphan = orphans.pop(0)  # a kill between ask and its params may have left some unset
             adopted = _compat.adopt_optuna_trial(self, trial_id, orphan)
+            self._reported[trial_id] = set(orphan.intermediate_values)
             logger.info("trial %s adopts Optuna trial %d asked for before the restore", trial_id, orphan.number)
             return dict(adopted.params)
         return super().suggest(trial_id)

@@ -22,10 +22,7 @@ TUNE_SETTINGS = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     # with verbose=0: no boxes (tuneloop.sweep.progress shows a compact table instead)
     "RAY_AIR_NEW_OUTPUT": "0",
-    # Snapshot the experiment state after every result (Tune's default: every >= 10 s). After a
-    # driver crash, trials restart from the checkpoint the last snapshot names: with a lagging
-    # snapshot they would retrain every epoch since. Users may set their own period.
-    "TUNE_GLOBAL_CHECKPOINT_S": "0",
+    # (how often Tune snapshots the experiment: tuneloop.tune.state.snapshot_policy, per scheduler)
     # A stopped trial's thread still finishes its W&B run (flushing the offline files) after the
     # scheduler's STOP; before reusing its actor for the next trial Ray waits 2 s, then abandons the
     # actor, killing wandb mid-write (a stopped actor: see tuneloop.tune.trainable.trainable_class).

@@ -11,9 +11,11 @@ complete generation back when a state file in the storage cannot be read.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
+import os
 import pickletools
 import time
 from pathlib import Path
@@ -28,6 +30,31 @@ logger = logging.getLogger(__name__)
 PATTERNS = _compat.STATE_PATTERNS
 BACKUP_DIR = ".tuneloop_state"
 COMPLETE = "COMPLETE"
+
+
+SNAPSHOT_PERIOD = "TUNE_GLOBAL_CHECKPOINT_S"  # Tune's setting: seconds between experiment snapshots
+
+
+@contextlib.contextmanager
+def snapshot_policy(pauses: bool):
+    """While the block runs (the Tuner's `fit`), how often Tune snapshots the experiment (its
+    whole state: every trial, the searcher), unless the user set TUNE_GLOBAL_CHECKPOINT_S.
+
+    "auto" (Tune's own: every max(10 s, 19 × the last snapshot's time)) keeps the cost of a result
+    flat however many trials the sweep has: a snapshot after every result costs time in
+    proportion to the trials so far. A killed driver loses no training for it: a restored trial
+    continues from the newest checkpoint in its own directory and sends Tune the reports it lost
+    (`tuneloop.tune.trainable.resume_point`). Schedulers that pause or clone trials (PBT,
+    HyperBand) act on Tune's view of each trial's checkpoint: they keep a snapshot per result ("0").
+    """
+    if SNAPSHOT_PERIOD in os.environ:
+        yield
+        return
+    os.environ[SNAPSHOT_PERIOD] = "0" if pauses else "auto"
+    try:
+        yield
+    finally:
+        os.environ.pop(SNAPSHOT_PERIOD, None)
 
 
 def state_files(names) -> list[str]:

@@ -26,7 +26,7 @@ from tuneloop.storage import METRICS_FILE
 from tuneloop.training.build import build_run, run_hash
 from tuneloop.checkpoints import ended, restore_state
 from tuneloop.tune import _compat
-from tuneloop.tune.trial_checkpoint import load_tune_checkpoint
+from tuneloop.tune.trial_checkpoint import adopt_newer, load_tune_checkpoint
 from tuneloop.tune.trial_log import START
 
 
@@ -78,6 +78,25 @@ def artifact_dir(context) -> str:
     return context.get_trial_dir()
 
 
+def resume_point(checkpoint, expected_hash: str, device, adopt: bool) -> tuple[dict, str, int | None]:
+    """(state, path, lost_after) to continue a trial from: the newest intact checkpoint of its own
+    newer than the one Tune's snapshot names, if any (`checkpoint`, None: none) and `adopt`, else
+    Tune's, falling back to the previous intact one when it is damaged; one written for other data
+    or another model is refused (PBT's clones share both: they load). `lost_after`: when a newer
+    one was adopted, the epoch of Tune's (-1: none; Tune lost the reports after it), else None.
+    (None, "", None): a trial that starts from scratch."""
+    if adopt:
+        filesystem, trial_dir = _compat.trial_storage()
+        adopted = adopt_newer(checkpoint, filesystem, trial_dir, expected_hash=expected_hash, map_location=device)
+        if adopted is not None:
+            _compat.number_checkpoints_after(adopted.index)  # the newer ones stay as they are
+            return adopted.state, adopted.path, adopted.named_epoch
+    if checkpoint is None:
+        return None, "", None
+    state, path = load_tune_checkpoint(checkpoint, expected_hash=expected_hash, map_location=device)
+    return state, path, None
+
+
 THREAD_TIMEOUT_S = 30  # how long a stopped trial's thread may take to end (W&B finish, clean-up)
 
 
@@ -92,9 +111,12 @@ def trainable_class(function):
     return _compat.function_trainable_waiting_for_its_thread(function, THREAD_TIMEOUT_S)
 
 
-def train_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ...] = ()) -> None:
+def train_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ...] = (),
+                adopt: bool = True) -> None:
     """Train `run` with the trial's `config` (dotted keys into `run`) applied; `tags` go to its
-    W&B run (when enabled), whose group is the experiment, name and id the trial's."""
+    W&B run (when enabled), whose group is the experiment, name and id the trial's. `adopt`: a
+    restored trial continues from a newer checkpoint of its own than the one Tune names, if any
+    (`resume_point`; off under schedulers that pause or clone trials, whose snapshots are per result)."""
     import ray
     from ray import tune
 
@@ -113,25 +135,32 @@ def train_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ..
     scratch = Path(tempfile.mkdtemp(prefix=f"tuneloop-{context.get_trial_id()}-"))
     pruner = PrunerCallback(static=where)
     files = artifact_dir(context)
+    metrics_csv = MetricsCsvCallback(Path(files) / METRICS_FILE)
     try:
         run_parts = build_run(
             run_cfg, device=device, checkpoint_dir=scratch, staging=True,
-            extra_callbacks=[pruner, MetricsCsvCallback(Path(files) / METRICS_FILE)],
+            extra_callbacks=[pruner, metrics_csv],
             wandb_init={"group": experiment, "id": context.get_trial_id(), "name": context.get_trial_name(),
                         "dir": files, "config": {**config, "experiment": experiment},
                         "tags": list(tags)},
         )
         start_epoch = 0
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            # A damaged latest checkpoint falls back to the previous intact one; one written for
-            # other data or another model is refused (PBT's clones share both: they load).
-            state, path = load_tune_checkpoint(checkpoint, expected_hash=run_hash(run_cfg), map_location=device)
+        state, path, lost_after = resume_point(tune.get_checkpoint(), run_hash(run_cfg), device, adopt)
+        if state is not None:
             start_epoch = restore_state(run_parts.trainer, state)
             apply_hyperparameters(run_parts.trainer, run_cfg.optimizer_config)
             pruner.static["resumed_from"] = path.rstrip("/").rpartition("/")[2]
             print(f"[tuneloop] resumed from {path} (epoch {start_epoch - 1})", flush=True)
-            if reason := ended(state, run_cfg.epochs):  # the driver died after the trial's own end:
+            reason = ended(state, run_cfg.epochs)
+            if lost_after is not None:  # Tune's snapshot lagged: the reports it lost are sent again
+                lost = [row for row in metrics_csv.rows if lost_after < row["epoch"] < start_epoch - 1 or
+                        (row["epoch"] == start_epoch - 1 and not reason)]
+                try:
+                    pruner.report_lost(lost)
+                except SystemExit:  # the scheduler stops the trial at one of them, as it would have then
+                    metrics_csv.keep_until(pruner.last_epoch)
+                    raise
+            if reason:  # the driver died after the trial's own end:
                 pruner.report_end(state.get("record") or {"epoch": start_epoch - 1, "val_loss": state["val_loss"]},
                                   reason)  # its end is reported again, nothing is trained again
                 return
