@@ -35,7 +35,8 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, quiet: bool 
     before the first trial starts (`tuneloop.tune.preload`)."""
     place = sweep_place(cfg)
     try:
-        return _run_sweep(cfg, place, address=address, quiet=quiet, overwrite=overwrite, preload_modules=preload_modules)
+        return _run_sweep(cfg, place, address=address, quiet=quiet, overwrite=overwrite,
+                          preload_modules=preload_modules)
     except KeyboardInterrupt:  # before Tune took over Ctrl-C (it ends its own fit with a summary)
         return interrupted_early(cfg, place, resume=False)
 
@@ -130,9 +131,8 @@ def drive(cfg: ExperimentConfig, place: SweepPlace, make_tuner, address: str | N
           preload_modules: list[str] = ()) -> int:
     """Start (or join) Ray, build or restore the Tuner with `make_tuner`, bind its parts to `place`,
     fit it, then `finish`. An embedded local Ray's workers import what the trials need (the
-    preflight's `preload_modules` among it) while the Tuner is built."""
+    preflight's `preload_modules` among it) as Ray starts."""
     import optuna
-    import ray
 
     from tuneloop.sweep.tuner import SweepParts
     from tuneloop.tune._compat import version_warnings

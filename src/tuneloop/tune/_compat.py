@@ -345,7 +345,7 @@ def preload_init_options(module: str) -> dict:
     return {"_system_config": {"preload_python_modules": [module]}}
 
 
-_TUNE_TRIAL_ENV: list = []  # Tune's (DEFAULT_ENV_VARS, ENV_VARS_TO_PROPAGATE) while `inherit_trial_environment` holds them
+_TUNE_TRIAL_ENV: list = []  # Tune's (DEFAULT_ENV_VARS, ENV_VARS_TO_PROPAGATE), kept by inherit_trial_environment
 
 
 def inherit_trial_environment() -> dict[str, str]:
