@@ -184,8 +184,9 @@ def cmd_sweep(args) -> int:
 
     with in_file(args.experiment):
         cfg = load_experiment(args.experiment, args.overrides)
-        check_experiment(cfg)  # one batch on the CPU, before Ray starts (cheap)
-        return run_sweep(cfg, address=args.address, quiet=args.quiet, overwrite=args.overwrite)
+        checked = check_experiment(cfg)  # one batch on the CPU, before Ray starts (cheap)
+        return run_sweep(cfg, address=args.address, quiet=args.quiet, overwrite=args.overwrite,
+                         preload_modules=checked["modules"])
 
 
 def cmd_resume(args) -> int:
@@ -235,10 +236,18 @@ COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "resume": cmd_resume, "valid
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and threading.current_thread() is threading.main_thread():
+    command = argv is None and threading.current_thread() is threading.main_thread()
+    if command:
         # As a command, Ctrl-C (SIGINT) is handled, even where the parent started it ignoring
         # SIGINT (a background job of a non-interactive shell): Ray Tune does the same in its fit.
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    status = _run(argv)
+    if command:
+        exit_now(status)
+    return status
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         args = make_parser().parse_args(argv)
         return COMMANDS[args.command](args)
@@ -248,6 +257,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C while the command starts (its own phases say more where they can)
         print("[tuneloop] interrupted", flush=True)
         return EXIT_INTERRUPTED
+
+
+def exit_now(status: int) -> None:
+    """End the command with `status` once its work is done, without Python's teardown of every
+    module (a second or more once torch and Ray are loaded): the atexit handlers run (Ray's
+    shutdown, logging's flush, ...), the standard streams are flushed, then the process exits.
+    Returns instead, for the usual exit, while another non-daemon thread runs (Python waits for
+    it), and when a flush fails."""
+    import atexit
+    import os
+
+    if any(thread is not threading.main_thread() and not thread.daemon and thread.is_alive()
+           for thread in threading.enumerate()):
+        return
+    atexit._run_exitfuncs()  # what the interpreter runs first at exit (then cleared: runs once)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed or broken stream: let Python report it as usual
+        return
+    os._exit(status)
 
 
 if __name__ == "__main__":

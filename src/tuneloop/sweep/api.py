@@ -48,8 +48,8 @@ def sweep(experiment: Experiment, overrides: Iterable[str] = (), *, address: str
 
     with in_file(source_name(experiment)):
         cfg = load_experiment(experiment, overrides)
-        check_experiment(cfg)
-        status = run_sweep(cfg, address=address, quiet=quiet, overwrite=overwrite)
+        checked = check_experiment(cfg)
+        status = run_sweep(cfg, address=address, quiet=quiet, overwrite=overwrite, preload_modules=checked["modules"])
     return read_sweep(experiment_dir(cfg), status=status)
 
 

@@ -22,14 +22,20 @@ from tuneloop.tune import _compat
 def check_experiment(cfg: ExperimentConfig, *, device: str | None = "cpu") -> dict:
     """What `validate` checks and a sweep checks before Ray starts: import paths and keyword
     arguments (every branch of the search space), the sampler and the scheduler's arguments, then
-    one training batch (the preflight, on `device`; a sweep's on the CPU: cheap). Its report."""
+    one training batch (the preflight, on `device`; a sweep's on the CPU: cheap). Its report, with
+    `modules`: the modules these checks imported, in order (what a trial will import too)."""
+    import sys
+
     from tuneloop.config import check_imports
     from tuneloop.training.preflight import preflight
     from tuneloop.tune.schedulers import check_scheduler
 
+    before = set(sys.modules)
     check_imports(cfg)
     check_scheduler(cfg)
-    return preflight(cfg, device=device)
+    report = preflight(cfg, device=device)
+    report["modules"] = [name for name in list(sys.modules) if name not in before]
+    return report
 
 
 def check_search_space(cfg: ExperimentConfig) -> None:

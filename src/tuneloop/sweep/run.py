@@ -29,18 +29,21 @@ INTERRUPTED = 130  # the exit status of a sweep that stopped before every trial 
 
 
 def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, quiet: bool = False,
-              overwrite: bool = False) -> int:
+              overwrite: bool = False, preload_modules: list[str] = ()) -> int:
     """Run the sweep of `cfg`; print the table and the best config; return the exit status.
-    Raises UserError (exit 2) before anything is written when the sweep cannot run."""
+    Raises UserError (exit 2) before anything is written when the sweep cannot run.
+    `preload_modules`: what the preflight imported (`check_experiment`), imported by Ray's idle workers
+    before the first trial starts (`tuneloop.tune.preload`)."""
     place = sweep_place(cfg)
     try:
-        return _run_sweep(cfg, place, address=address, quiet=quiet, overwrite=overwrite)
+        return _run_sweep(cfg, place, address=address, quiet=quiet, overwrite=overwrite,
+                          preload_modules=preload_modules)
     except KeyboardInterrupt:  # before Tune took over Ctrl-C (it ends its own fit with a summary)
         return interrupted_early(cfg, place, resume=False)
 
 
 def _run_sweep(cfg: ExperimentConfig, place: SweepPlace, *, address: str | None, quiet: bool,
-               overwrite: bool) -> int:
+               overwrite: bool, preload_modules: list[str]) -> int:
     from tuneloop.tune.session import local_ray
 
     check_search_space(cfg)
@@ -76,7 +79,7 @@ def _run_sweep(cfg: ExperimentConfig, place: SweepPlace, *, address: str | None,
     key, value = (("sweep.storage_path", cfg.sweep.storage_path) if place.storage.is_local
                   else ("sweep.local_dir", cfg.sweep.local_dir))
     with holding(place.directory, "run", key=key, value=value):  # one driver per experiment directory
-        return drive(cfg, place, start, address, quiet)
+        return drive(cfg, place, start, address, quiet, preload_modules=preload_modules)
 
 
 def interrupted_early(cfg: ExperimentConfig, place: SweepPlace, *, resume: bool) -> int:
@@ -84,8 +87,10 @@ def interrupted_early(cfg: ExperimentConfig, place: SweepPlace, *, resume: bool)
     Ray left, one line saying what the user can do, exit status 130 — no traceback."""
     import ray
 
+    from tuneloop.tune.session import stop_ray
+
     if ray.is_initialized():
-        ray.shutdown()
+        stop_ray()
     directory = place.directory
     if tune_state_exists(cfg, place):
         print(f"[tuneloop] interrupted; continue with `tuneloop resume {directory}`", flush=True)
@@ -123,16 +128,17 @@ def holding(directory: Path, doing: str, *, key: str, value: str):
         raise unusable(exc.error, directory, key, value) from None
 
 
-def drive(cfg: ExperimentConfig, place: SweepPlace, make_tuner, address: str | None, quiet: bool) -> int:
+def drive(cfg: ExperimentConfig, place: SweepPlace, make_tuner, address: str | None, quiet: bool, *,
+          preload_modules: list[str] = ()) -> int:
     """Start (or join) Ray, build or restore the Tuner with `make_tuner`, bind its parts to `place`,
-    fit it, then `finish`."""
+    fit it, then `finish`. An embedded local Ray's workers import what the trials need (the
+    preflight's `preload_modules` among it) as Ray starts."""
     import optuna
-    import ray
 
     from tuneloop.config.schedulers import REGISTRY as SCHEDULERS
     from tuneloop.sweep.tuner import SweepParts
     from tuneloop.tune._compat import version_warnings
-    from tuneloop.tune.session import ensure_ray
+    from tuneloop.tune.session import ensure_ray, stop_ray
     from tuneloop.tune.state import publish_final, snapshot_policy
     from tuneloop.tune.trial_log import TrialLog
 
@@ -140,7 +146,7 @@ def drive(cfg: ExperimentConfig, place: SweepPlace, make_tuner, address: str | N
     for warning in version_warnings():
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     trial_log = TrialLog()  # the trials' own lines, printed by the live table (above it)
-    started = ensure_ray(address, trial_log=trial_log)
+    started = ensure_ray(address, trial_log=trial_log, tune_trials=True, preload=preload_for(cfg, preload_modules))
     try:
         check_shared_storage(cfg, place.storage)
         check_cluster_resources(cfg)
@@ -153,8 +159,28 @@ def drive(cfg: ExperimentConfig, place: SweepPlace, make_tuner, address: str | N
             publish_final(parts.trial_ends.trials, place.storage)
     finally:
         if started:
-            ray.shutdown()
+            stop_ray()
     return finish(cfg, place, results, parts.trial_ends)
+
+
+def preload_for(cfg: ExperimentConfig, modules: list[str]) -> str | None:
+    """What an embedded local Ray's workers import as they start (`tuneloop.tune.preload`), or None
+    where most of them would never run a trial (Ray starts one idle worker per CPU, and each
+    preloaded one holds torch and the experiment's modules in memory for the whole sweep), and for
+    trials on GPUs (a module that initializes CUDA as it is imported would do so before Ray sets
+    the trial's CUDA_VISIBLE_DEVICES)."""
+    from tuneloop.tune import _compat
+    from tuneloop.tune.preload import preload_value
+
+    sweep = cfg.sweep
+    if sweep.resources_per_trial.gpu:
+        return None
+    cpus = _compat.detected_cpus()
+    slots = min(sweep.max_concurrent_trials or sweep.num_samples,
+                int(cpus / sweep.resources_per_trial.cpu) if sweep.resources_per_trial.cpu else cpus)
+    if cpus > 2 * slots:
+        return None
+    return preload_value(cfg.run.model_dump(mode="json", by_alias=True), list(modules))
 
 
 def finish(cfg: ExperimentConfig, place: SweepPlace, results, trial_ends) -> int:

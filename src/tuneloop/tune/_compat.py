@@ -309,3 +309,75 @@ def grid_exhausted(error: RuntimeError) -> bool:
     used up (Optuna stores the trial's state before that: the error says nothing about the tell).
     Optuna raises a plain RuntimeError; only its text tells."""
     return "Study.stop" in str(error)
+
+
+def shutdown_local_ray() -> None:
+    """`ray.shutdown()` of the Ray this driver started, without the seconds Ray waits on its head
+    processes. Ray stops the raylet first (gracefully: it ends the workers), then the GCS, the
+    autoscaler monitor, ... one at a time, each with SIGTERM and up to 1 s before SIGKILL; the
+    monitor always spends that second (its SIGTERM handler reports to the GCS, stopped just
+    before) and the GCS often does. Once the raylet has exited, those two get the SIGKILL Ray would
+    send a second later. No public API stops a local Ray other than one process at a time."""
+    import threading
+
+    import ray
+    from ray._private import ray_constants
+    from ray._private import worker as ray_worker
+
+    node = ray_worker._global_node
+    processes = getattr(node, "all_processes", None) or {}
+
+    def started(kind: str) -> list:
+        return [info.process for info in processes.get(kind, ())]
+
+    raylets = started(ray_constants.PROCESS_TYPE_RAYLET)
+    slow = started(ray_constants.PROCESS_TYPE_GCS_SERVER) + started(ray_constants.PROCESS_TYPE_MONITOR)
+
+    def hurry() -> None:
+        for raylet in raylets:
+            raylet.wait()
+        for process in slow:
+            if process.poll() is None:
+                process.kill()
+
+    helper = threading.Thread(target=hurry, name="tuneloop-ray-shutdown", daemon=True)
+    if raylets and slow:
+        helper.start()
+    ray.shutdown()
+    if helper.is_alive():
+        helper.join(timeout=5)
+
+
+def preload_init_options(module: str) -> dict:
+    """`ray.init` options for a new local Ray whose workers, the idle ones it starts with included,
+    import `module` before taking any task or actor: Ray's `preload_python_modules` system setting
+    (it only catches ImportError), which no public API sets. A job's `runtime_env` setup hook is no
+    substitute: the idle workers, started before the job, lack it, so Ray would start new ones."""
+    return {"_system_config": {"preload_python_modules": [module]}}
+
+
+_TUNE_TRIAL_ENV: list = []  # Tune's (DEFAULT_ENV_VARS, ENV_VARS_TO_PROPAGATE), kept by inherit_trial_environment
+
+
+def inherit_trial_environment() -> dict[str, str]:
+    """For an embedded local Ray: the variables Tune would put into each trial actor's `runtime_env`
+    (its DEFAULT_ENV_VARS; its ENV_VARS_TO_PROPAGATE are this process's own values), which Tune then
+    leaves out until `propagate_trial_environment`. Any runtime_env makes Ray start a new worker
+    for the actor instead of taking an idle one it started with (and preloaded: seconds); set in
+    this process's environment while Ray starts, the variables reach the trials all the same (Ray's
+    processes inherit it). Module-level settings of Tune's actor class cache: no API."""
+    from ray.tune.execution import class_cache
+
+    if not _TUNE_TRIAL_ENV:
+        _TUNE_TRIAL_ENV[:] = [class_cache.DEFAULT_ENV_VARS, class_cache.ENV_VARS_TO_PROPAGATE]
+    class_cache.DEFAULT_ENV_VARS, class_cache.ENV_VARS_TO_PROPAGATE = {}, set()
+    return dict(_TUNE_TRIAL_ENV[0])
+
+
+def propagate_trial_environment() -> None:
+    """Tune's trial runtime_env as it was before `inherit_trial_environment` (for a Ray joined later)."""
+    if _TUNE_TRIAL_ENV:
+        from ray.tune.execution import class_cache
+
+        class_cache.DEFAULT_ENV_VARS, class_cache.ENV_VARS_TO_PROPAGATE = _TUNE_TRIAL_ENV
+        _TUNE_TRIAL_ENV.clear()

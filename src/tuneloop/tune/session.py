@@ -52,10 +52,13 @@ def local_ray(address: str | None) -> bool:
     return not ray.is_initialized()
 
 
-def ensure_ray(address: str | None, *, trial_log=None) -> bool:
+def ensure_ray(address: str | None, *, trial_log=None, tune_trials: bool = False, preload: str | None = None) -> bool:
     """Connect to `address` (or start an embedded local Ray) with the Tune settings applied; True
     when this call started Ray. `trial_log` (a `tuneloop.tune.trial_log.TrialLog`): the trials' own
-    output goes there, prefixed by trial id, instead of Ray's worker lines (None: Ray prints them)."""
+    output goes there, prefixed by trial id, instead of Ray's worker lines (None: Ray prints them).
+    `tune_trials`: Tune's trials will run there (an embedded local Ray's then go to the idle workers
+    it started with: `_compat.inherit_trial_environment`; `stop_ray` undoes that). `preload`
+    (`tuneloop.tune.preload.preload_value`): what those workers import as they start."""
     import ray
 
     apply_tune_settings()
@@ -63,14 +66,35 @@ def ensure_ray(address: str | None, *, trial_log=None) -> bool:
     keep_credentials_out_of_ray()  # Ray Tune would log the driver's AWS keys (tuneloop.tune.credentials)
     if ray.is_initialized():
         return False
-    with _quiet_token_auth_notice(), _interrupt_after():
-        ray.init(address=ray_address(address), include_dashboard=False, log_to_driver=True,
-                 configure_logging=True, logging_level="WARNING")
+    options, environment = {}, {}
+    if tune_trials and ray_address(address) == "local":
+        environment.update(_compat.inherit_trial_environment())
+        if preload is not None:
+            from tuneloop.tune import preload as preloading
+
+            options.update(_compat.preload_init_options(preloading.__name__))
+            environment[preloading.ENV] = preload
+    try:
+        with _quiet_token_auth_notice(), _interrupt_after(), _environment(environment):
+            ray.init(address=ray_address(address), include_dashboard=False, log_to_driver=True,
+                     configure_logging=True, logging_level="WARNING", **options)
+    except BaseException:
+        _compat.propagate_trial_environment()
+        raise
     if trial_log is not None:
         from tuneloop.tune.trial_log import attach
 
         attach(trial_log)
     return True
+
+
+def stop_ray() -> None:
+    """Stop the Ray that `ensure_ray` started (without Ray's serial waits: `_compat.shutdown_local_ray`)
+    and give Tune back its trial runtime_env (for a Ray joined later in this process)."""
+    try:
+        _compat.shutdown_local_ray()
+    finally:
+        _compat.propagate_trial_environment()
 
 
 def _transient_sync_race(record: logging.LogRecord) -> bool:
@@ -128,6 +152,22 @@ def _interrupt_after():
         signal.signal(signal.SIGINT, previous)
     if received:
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]):
+    """`variables` in this process's environment while the block runs (Ray's processes, started in
+    it, inherit them), then as they were."""
+    previous = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager
