@@ -126,6 +126,9 @@ def main() -> int:
     failures: list[str] = []
     process = psutil.Process()
     rss_before_ray = process.memory_info().rss
+    from tuneloop.tune.session import apply_tune_settings
+
+    apply_tune_settings()  # before Ray starts: its workers read Tune's settings from their environment
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, _temp_dir=ray_tmp,
              log_to_driver=False, configure_logging=True, logging_level="WARNING")
     sampler = Sampler(directory, args.period)

@@ -13,6 +13,9 @@ def start_ray(**kwargs):
     """ray.init in a fresh short temp dir (Unix socket paths must stay short); returns the dir."""
     import ray
 
+    from tuneloop.tune.session import apply_tune_settings
+
+    apply_tune_settings()  # as a sweep's own Ray: its workers read Tune's settings (thread timeouts) as they start
     temp_dir = tempfile.mkdtemp(prefix="tlray-", dir="/tmp")
     ray.init(address="local", num_cpus=kwargs.pop("num_cpus", 2), include_dashboard=False, _temp_dir=temp_dir,
              configure_logging=False, log_to_driver=False, **kwargs)
