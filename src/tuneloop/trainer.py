@@ -129,7 +129,9 @@ class Trainer:
             self._backward(loss / in_step if in_step > 1 else loss)
             if (batch_idx + 1) % self.accumulate_steps == 0 or batch_idx + 1 == batches:
                 self.optimizer_step()
-            loss = loss.detach().float()
+            loss = loss.detach()
+            if loss.dtype != torch.float32:  # (an fp32 loss as it is: one dispatch less per step)
+                loss = loss.float()
             n = sample_count(batch, targets)
             loss_sum.add_(loss, alpha=n)  # one device op: loss_sum += n * loss
             count += n
