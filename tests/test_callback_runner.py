@@ -274,3 +274,38 @@ def test_an_added_callback_is_called_and_its_stop_signal_honoured():
     x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
     trainer.train([(x, y)], [(x, y)], epochs=5)
     assert added.epochs == [0, 1] and trainer.stop_reason == "mine"
+
+
+def test_a_hook_given_to_an_instance_fires():
+    """A hook set on the instance (not on its class) is found when the callback is added."""
+    log = []
+    given = TrainingCallback()
+    given.on_epoch_end = lambda trainer, **kwargs: log.append(("given", kwargs["epoch"]))
+    recorder = Recorder("r", 50, log)
+    recorder.on_train_step_end = lambda trainer, **kwargs: log.append(("step", kwargs["batch_idx"]))
+    runner = CallbackRunner([recorder])
+    runner.add(given)
+    runner.fire("on_epoch_end", **EPOCH_END)
+    runner.fire("on_train_step_end", trainer=None, batch_idx=3, loss=None)
+    assert log == ["r:epoch", ("given", 0), ("step", 3)]
+    assert runner._by_event["on_train_begin"] == []  # hooks nobody has stay empty
+
+
+def test_a_subclass_added_later_gets_every_hook_it_overrides():
+    calls = []
+
+    class Late(TrainingCallback):
+        priority = 3
+
+        def on_train_step_end(self, trainer, **kwargs):
+            calls.append("step")
+
+        def on_before_optimizer_step(self, trainer, **kwargs):
+            calls.append("before")
+
+    runner = CallbackRunner([Recorder("a", 10, [])])
+    assert runner._by_event["on_train_step_end"] == []
+    runner.add(Late())
+    runner.fire("on_before_optimizer_step", trainer=None, optimizer=None)
+    runner.fire("on_train_step_end", trainer=None, batch_idx=0, loss=None)
+    assert calls == ["before", "step"]

@@ -129,9 +129,11 @@ class Trainer:
             self._backward(loss / in_step if in_step > 1 else loss)
             if (batch_idx + 1) % self.accumulate_steps == 0 or batch_idx + 1 == batches:
                 self.optimizer_step()
-            loss = loss.detach().float()
+            loss = loss.detach()
+            if loss.dtype != torch.float32:  # (an fp32 loss as it is: one dispatch less per step)
+                loss = loss.float()
             n = sample_count(batch, targets)
-            loss_sum += loss * n
+            loss_sum.add_(loss, alpha=n)  # one device op: loss_sum += n * loss
             count += n
             self.callbacks.fire("on_train_step_end", trainer=self, batch_idx=batch_idx, loss=loss)
         if batches is None and count and (batch_idx + 1) % self.accumulate_steps:
@@ -164,11 +166,11 @@ class Trainer:
             with self.autocast():
                 loss, outputs, targets = self.compute_loss(batch)
             n = sample_count(batch, targets)
-            loss_sum += loss.detach().float() * n
+            loss_sum.add_(loss.detach().float(), alpha=n)
             count += n
             if self.metrics and outputs is not None and targets is not None:
                 values = [fn(outputs, targets).detach().float() for fn in self.metrics.values()]
-                metric_sums += torch.stack(values) * n
+                metric_sums.add_(torch.stack(values), alpha=n)
                 metric_count += n
         _check_not_empty(count, "validation", epoch)
         sums = torch.cat([loss_sum.reshape(1), metric_sums]).tolist()

@@ -200,3 +200,62 @@ def test_an_epoch_cut_short_by_an_exception_does_not_leak_into_the_next_training
     trainer.train(train, val, epochs=1)
     assert independent.reported[0] == pytest.approx(max(independent.per_epoch[0]), rel=1e-5)
     assert independent.reported[0] < huge / 10
+
+
+def test_more_steps_than_the_norms_held_at_once(monkeypatch, capsys):
+    """Per-step norms are reduced in groups (PENDING_LIMIT norms at a time): an epoch of many
+    groups, the last one partial, still reports the true per-batch max and the exact count."""
+    from tuneloop.callbacks import gradient_monitor
+
+    monkeypatch.setattr(gradient_monitor, "PENDING_LIMIT", 12)  # 4 parameters: 3 steps per group
+    independent = Independent()
+    trainer, train, val = trainer_with([GradientMonitorCallback(), independent])
+    trainer.train(train, val, epochs=2)  # 8 steps per epoch: groups of 3, 3 and 2
+    norms = sorted(independent.per_epoch[1])
+    assert independent.reported[1] == pytest.approx(norms[-1], rel=1e-5)
+    threshold = (norms[4] + norms[5]) / 2  # 3 batches above
+    capsys.readouterr()
+    trainer2, train2, val2 = trainer_with([GradientMonitorCallback(warn_threshold=threshold)])
+    trainer2.train(train2, val2, epochs=2)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "gradient norm" in line]
+    assert lines[-1].startswith("[tuneloop] epoch 1: 3 batch(es)")
+
+
+def test_parameters_off_the_cpu_take_torchs_total_norm():
+    """Off the CPU the per-step norm is torch's `get_total_norm` (fused kernels, gathered on one
+    device); forced here on the CPU, the result is the same."""
+
+    class OffTheCpu(GradientMonitorCallback):
+        def on_train_epoch_begin(self, trainer, **kwargs):
+            super().on_train_epoch_begin(trainer, **kwargs)
+            self._on_cpu = False
+
+    independent = Independent()
+    trainer, train, val = trainer_with([OffTheCpu(), independent])
+    trainer.train(train, val, epochs=2)
+    for epoch in (0, 1):
+        assert independent.reported[epoch] == pytest.approx(max(independent.per_epoch[epoch]), rel=1e-5)
+
+
+def test_step_norms_are_the_per_step_totals_in_order_without_a_read(monkeypatch):
+    from tuneloop.callbacks import gradient_monitor
+
+    monkeypatch.setattr(gradient_monitor, "PENDING_LIMIT", 8)  # 4 parameters: groups of 2 steps
+
+    class Keep(TrainingCallback):
+        def __init__(self):
+            self.grads = []
+
+        def on_train_step_end(self, trainer, **kwargs):
+            self.grads.append([p.grad.clone() for p in trainer.model.parameters()])
+
+    keep, monitor = Keep(), GradientMonitorCallback()
+    trainer, train, _ = trainer_with([monitor, keep])
+    counts = count_reads(monkeypatch)
+    assert monitor.step_norms() is None
+    trainer.train_epoch(train, 0)  # 8 steps, no epoch end
+    norms = monitor.step_norms()
+    assert counts["n"] == 1  # the epoch's train loss, nothing per step nor for the norms
+    assert norms.shape == (8,) and monitor.step_norms() is norms  # asking again changes nothing
+    true = [math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads)) for grads in keep.grads]
+    assert norms.tolist() == pytest.approx(true, rel=1e-5)

@@ -71,6 +71,10 @@ class TrainingCallback:
 
 
 def _overrides(callback: TrainingCallback, event: str) -> bool:
+    """Whether `callback` has its own `event` hook: its class (or a parent below TrainingCallback)
+    overrides it, or the instance was given one (`callback.on_epoch_end = ...`) before it was added."""
+    if event in getattr(callback, "__dict__", ()):
+        return True
     return getattr(type(callback), event) is not getattr(TrainingCallback, event)
 
 
@@ -79,7 +83,8 @@ class CallbackRunner:
 
     `callbacks` is a tuple: a callback joins through `add`, which keeps the priority order and
     the per-event tables in step (a list appended to behind the runner's back would have its
-    stop signal honoured but its hooks never called).
+    stop signal honoured but its hooks never called). Which hooks a callback has is looked up
+    when it is added, so an event that no callback handles costs one dictionary lookup.
     """
 
     def __init__(self, callbacks: Iterable[TrainingCallback] = ()):
