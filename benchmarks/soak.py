@@ -82,6 +82,8 @@ class Sampler(threading.Thread):
         self.started = time.monotonic()
         self.trace_at: int | None = None  # with --tracemalloc: take a snapshot once this many trials started
         self.snapshot = None
+        self.trace_until: int | None = None  # ... and a second one once this many started
+        self.late_snapshot = None
         self.malloc_trim = False
 
     def sample(self) -> None:
@@ -90,6 +92,10 @@ class Sampler(threading.Thread):
             import tracemalloc
 
             self.snapshot = tracemalloc.take_snapshot()
+        if self.trace_until is not None and trials >= self.trace_until and self.late_snapshot is None:
+            import tracemalloc
+
+            self.late_snapshot = tracemalloc.take_snapshot()  # while the sweep still runs
         size = dir_size(self.directory) if self.directory.is_dir() else 0
         if self.malloc_trim:  # glibc: hand freed heap pages back, so RSS shows what is still held
             ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -111,7 +117,7 @@ def main() -> int:
     parser.add_argument("--malloc-trim", action="store_true",
                         help="call glibc's malloc_trim before each RSS sample (growth that is only fragmentation goes)")
     parser.add_argument("--tracemalloc", action="store_true",
-                        help="print the driver's Python allocations that grew from 25%% of the trials to the end")
+                        help="print the driver's Python allocations that grew from 25%% to 90%% of the trials started")
     args = parser.parse_args()
 
     import optuna
@@ -138,6 +144,7 @@ def main() -> int:
 
         tracemalloc.start(8)
         sampler.trace_at = args.trials // 4
+        sampler.trace_until = args.trials * 9 // 10
     sampler.sample()
     sampler.start()
     started = time.monotonic()
@@ -215,8 +222,9 @@ def main() -> int:
     if args.tracemalloc and sampler.snapshot is not None:
         import tracemalloc
 
-        grown = tracemalloc.take_snapshot().compare_to(sampler.snapshot, "traceback")
-        print("driver Python allocations grown since 25% of the trials (top 12):")
+        late = sampler.late_snapshot or tracemalloc.take_snapshot()
+        grown = late.compare_to(sampler.snapshot, "traceback")
+        print("driver Python allocations grown from 25% to 90% of the trials started (top 12):")
         for stat in grown[:12]:
             print(f"  {stat.size_diff / 1024:+9.0f} KB {stat.count_diff:+7d} blocks")
             for line in stat.traceback.format()[-8:]:

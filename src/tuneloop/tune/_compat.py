@@ -58,6 +58,24 @@ def number_checkpoints_after(index: int) -> None:
     storage.current_checkpoint_index = max(storage.current_checkpoint_index, index)
 
 
+def forget_ended_trial_details(trial) -> None:
+    """Drop what Tune keeps of an ended trial that nothing reads any more: its running statistics of
+    every numeric result key (`metric_analysis`, `metric_n_steps`: min/max/avg/last-n per key, the
+    largest part of the driver's memory per trial, and of every experiment snapshot) and every
+    checkpoint result but the latest (its full metrics each). The trial's last result and latest
+    checkpoint stay (the results, a resume, retention read those). Attributes of Tune's
+    `_TrainingRunMetadata` and `_CheckpointManager`: no public API trims them."""
+    metadata = trial.run_metadata
+    metadata.metric_analysis = {}
+    metadata.metric_n_steps = {}
+    manager = metadata.checkpoint_manager
+    results = getattr(manager, "_checkpoint_results", None)
+    if results and len(results) > 1:
+        manager._checkpoint_results = results[-1:]
+    metadata.invalidate_cache()
+    trial.invalidate_json_state()
+
+
 def function_trainable_waiting_for_its_thread(function, timeout_s: float):
     """Ray's class for the function trainable `function`, whose `cleanup` lets the trial's thread
     end (up to `timeout_s`) before the actor stops. Ray's own cleanup does not wait when an actor is

@@ -14,6 +14,8 @@ import ctypes.util
 
 from ray.tune import Callback
 
+from tuneloop.tune import _compat
+
 
 def _malloc_trim():
     """glibc's `malloc_trim`, or None where the C library has none (musl, macOS)."""
@@ -24,20 +26,22 @@ def _malloc_trim():
 
 
 class TrimHeap(Callback):
-    """Tune callback: `malloc_trim(0)` in the driver after every `every` ended trials."""
+    """Tune callback: an ended trial's statistics dropped (`_compat.forget_ended_trial_details`),
+    and `malloc_trim(0)` in the driver after every `every` ended trials."""
 
     def __init__(self, every: int = 8):
         self.every, self.ended = every, 0
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        """Count the trial; trim the heap every `every` ends."""
-        self._ended()
+        """Forget the trial's details; trim the heap every `every` ends."""
+        self._ended(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        """Count the trial; trim the heap every `every` ends."""
-        self._ended()
+        """Forget the trial's details; trim the heap every `every` ends."""
+        self._ended(trial)
 
-    def _ended(self) -> None:
+    def _ended(self, trial) -> None:
+        _compat.forget_ended_trial_details(trial)
         self.ended += 1
         if self.ended % self.every == 0 and (trim := _malloc_trim()) is not None:
             trim(0)
