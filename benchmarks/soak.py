@@ -229,8 +229,11 @@ def main() -> int:
             print(f"  {stat.size_diff / 1024:+9.0f} KB {stat.count_diff:+7d} blocks")
             for line in stat.traceback.format()[-8:]:
                 print("      " + line)
-    if second_half > 50:
-        failures.append(f"driver RSS grew {second_half:.0f} MB over the second half")
+    if half_kb > 75:
+        failures.append(f"driver RSS grew {half_kb:.0f} KB per trial over the second half (target <= 75)")
+    if per_trial_ratio > 1.2:
+        failures.append(f"the wall time per trial grew {per_trial_ratio:.2f}x from the first to the last 10% "
+                        "(target <= 1.2)")
 
     # --- disk: bounded by keep_last_k
     checkpoint_sizes = []
