@@ -176,3 +176,25 @@ def test_an_error_in_the_report_propagates_with_the_callback_named(digits):
         trainer.train(train, val, 3)
     assert any("PrunerCallback" in note for note in info.value.__notes__)
     assert ended.calls == [None]
+
+
+def test_lost_reports_are_sent_again_and_a_stop_among_them_passes_through():
+    """A restored trial's replayed epochs (`report_lost`) and its end (`report_end`): each is one
+    report; a scheduler STOP (SystemExit) passes through both, so Ray's thread ends with it."""
+    from tuneloop.callbacks import PrunerCallback
+
+    sent = []
+
+    def report(metrics, checkpoint_dir):
+        sent.append((metrics["epoch"], metrics["trial_done"], metrics["done_reason"], checkpoint_dir))
+        if metrics["epoch"] == 2:
+            raise SystemExit(0)
+
+    pruner = PrunerCallback(report=report, static={"pid": 7})
+    with pytest.raises(SystemExit):
+        pruner.report_lost([{"epoch": e, "val_loss": 1.0 / (e + 1)} for e in range(4)])
+    assert sent == [(0, False, "", None), (1, False, "", None), (2, False, "", None)]  # none after the STOP
+    assert pruner.last_epoch == 2
+    with pytest.raises(SystemExit):
+        pruner.report_end({"epoch": 2, "val_loss": 0.3}, "complete")
+    assert sent[-1] == (2, True, "complete", None)
