@@ -61,13 +61,17 @@ def parts(seed=0):
             make_loader(val_set, 1024, False, seed, "cpu"))
 
 
-def bare(epochs: int) -> float:
-    """What a researcher writes by hand: same batches, loss summed on the device, read once per epoch."""
-    model, optimizer, criterion, train, val = parts()
+def bare_loop(model, optimizer, scheduler, criterion, metrics: list, train, val, epochs: int) -> float:
+    """What a researcher writes by hand: loss summed on the device and read once per epoch, the
+    metrics averaged over the validation set, the optimizer's own train/eval switch where it has one
+    (SPlus keeps an EMA of the weights for evaluation), the schedule stepped per epoch. Seconds/epoch."""
+    switches = hasattr(optimizer, "train")
     history = []
     started = clock()
     for epoch in range(epochs):
         model.train()
+        if switches:
+            optimizer.train()
         train.set_epoch(epoch)
         total, count = torch.zeros(()), 0
         for x, y in train:
@@ -79,17 +83,27 @@ def bare(epochs: int) -> float:
             count += len(y)
         train_loss = float(total / count)
         model.eval()
+        if switches:
+            optimizer.eval()
         with torch.no_grad():
-            sums, n = torch.zeros(2), 0
+            sums, n = torch.zeros(1 + len(metrics)), 0
             for x, y in val:
                 out = model(x)
-                sums += torch.stack([criterion(out, y), accuracy(out, y)]) * len(y)
+                sums += torch.stack([criterion(out, y), *(fn(out, y) for fn in metrics)]) * len(y)
                 n += len(y)
-            val_loss, val_acc = (sums / n).tolist()
-        history.append((epoch, train_loss, val_loss, val_acc))
+            val_loss, *values = (sums / n).tolist()
+        history.append((epoch, train_loss, val_loss, values))
+        if scheduler is not None:
+            scheduler.step()
     elapsed = clock() - started
-    assert len(history) == epochs and all(v == v for _, t, v, _ in history)
+    assert len(history) == epochs and all(v == v for _, _, v, _ in history)
     return elapsed / epochs
+
+
+def bare(epochs: int) -> float:
+    """Case 1 by hand, over the same batches."""
+    model, optimizer, criterion, train, val = parts()
+    return bare_loop(model, optimizer, None, criterion, [accuracy], train, val, epochs)
 
 
 def with_trainer(epochs: int, callbacks_factory) -> float:
@@ -127,38 +141,9 @@ def default_run(checkpoint_dir=None, extra_callbacks=()):
 def default_bare() -> float:
     """The default experiment's recipe by hand, over the loaders, model and optimizer `build_run` makes."""
     parts = default_run()
-    trainer, train, val, epochs = parts.trainer, parts.train_loader, parts.val_loader, parts.config.epochs
-    model, optimizer, scheduler, criterion = trainer.model, trainer.optimizer, trainer.scheduler, trainer.criterion
-    metrics = list(trainer.metrics.values())
-    history = []
-    started = clock()
-    for epoch in range(epochs):
-        model.train()
-        optimizer.train()  # SPlus keeps an EMA of the weights for evaluation: its own train/eval switch
-        train.set_epoch(epoch)
-        total, count = torch.zeros(()), 0
-        for x, y in train:
-            optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(x), y)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(y)
-            count += len(y)
-        train_loss = float(total / count)
-        model.eval()
-        optimizer.eval()
-        with torch.no_grad():
-            sums, n = torch.zeros(1 + len(metrics)), 0
-            for x, y in val:
-                out = model(x)
-                sums += torch.stack([criterion(out, y), *(fn(out, y) for fn in metrics)]) * len(y)
-                n += len(y)
-            val_loss, *values = (sums / n).tolist()
-        history.append((epoch, train_loss, val_loss, values))
-        scheduler.step()
-    elapsed = clock() - started
-    assert len(history) == epochs and all(v == v for _, _, v, _ in history)
-    return elapsed / epochs
+    trainer = parts.trainer
+    return bare_loop(trainer.model, trainer.optimizer, trainer.scheduler, trainer.criterion,
+                     list(trainer.metrics.values()), parts.train_loader, parts.val_loader, parts.config.epochs)
 
 
 def default_trainer() -> float:
