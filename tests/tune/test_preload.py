@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from tuneloop.config import load_experiment
-from tuneloop.sweep.run import preload_for
 from tuneloop.tune import _compat, preload
 
 DIGITS = Path(__file__).resolve().parents[2] / "experiments" / "digits_mlp.yaml"
@@ -48,13 +47,13 @@ def test_the_worker_takes_the_variable_out_of_its_environment(monkeypatch):
 def test_only_cpu_trials_on_a_machine_whose_idle_workers_mostly_run_them_preload(monkeypatch):
     cfg = load_experiment(DIGITS, ["sweep.max_concurrent_trials=2"])
     monkeypatch.setattr(_compat, "detected_cpus", lambda: 2)
-    assert preload_for(cfg, ["colorsys"]) is not None
+    assert preload.preload_for(cfg, ["colorsys"]) is not None
     monkeypatch.setattr(_compat, "detected_cpus", lambda: 16)  # 14 idle workers would hold torch for nothing
-    assert preload_for(cfg, ["colorsys"]) is None
+    assert preload.preload_for(cfg, ["colorsys"]) is None
     cfg = load_experiment(DIGITS, ["sweep.max_concurrent_trials=8", "sweep.resources_per_trial.cpu=2"])
-    assert preload_for(cfg, []) is not None  # 8 trials of 2 CPUs each fill the 16
+    assert preload.preload_for(cfg, []) is not None  # 8 trials of 2 CPUs each fill the 16
     cfg = load_experiment(DIGITS, ["sweep.resources_per_trial.gpu=0.5"])
-    assert preload_for(cfg, []) is None  # CUDA_VISIBLE_DEVICES is set as the trial starts, after the preload
+    assert preload.preload_for(cfg, []) is None  # CUDA_VISIBLE_DEVICES is set as the trial starts, after the preload
 
 
 def test_trials_inherit_tunes_variables_instead_of_a_runtime_env_until_given_back():

@@ -138,6 +138,7 @@ def drive(cfg: ExperimentConfig, place: SweepPlace, make_tuner, address: str | N
     from tuneloop.config.schedulers import REGISTRY as SCHEDULERS
     from tuneloop.sweep.tuner import SweepParts
     from tuneloop.tune._compat import version_warnings
+    from tuneloop.tune.preload import preload_for
     from tuneloop.tune.session import ensure_ray, stop_ray
     from tuneloop.tune.state import publish_final, snapshot_policy
     from tuneloop.tune.trial_log import TrialLog
@@ -161,26 +162,6 @@ def drive(cfg: ExperimentConfig, place: SweepPlace, make_tuner, address: str | N
         if started:
             stop_ray()
     return finish(cfg, place, results, parts.trial_ends)
-
-
-def preload_for(cfg: ExperimentConfig, modules: list[str]) -> str | None:
-    """What an embedded local Ray's workers import as they start (`tuneloop.tune.preload`), or None
-    where most of them would never run a trial (Ray starts one idle worker per CPU, and each
-    preloaded one holds torch and the experiment's modules in memory for the whole sweep), and for
-    trials on GPUs (a module that initializes CUDA as it is imported would do so before Ray sets
-    the trial's CUDA_VISIBLE_DEVICES)."""
-    from tuneloop.tune import _compat
-    from tuneloop.tune.preload import preload_value
-
-    sweep = cfg.sweep
-    if sweep.resources_per_trial.gpu:
-        return None
-    cpus = _compat.detected_cpus()
-    slots = min(sweep.max_concurrent_trials or sweep.num_samples,
-                int(cpus / sweep.resources_per_trial.cpu) if sweep.resources_per_trial.cpu else cpus)
-    if cpus > 2 * slots:
-        return None
-    return preload_value(cfg.run.model_dump(mode="json", by_alias=True), list(modules))
 
 
 def finish(cfg: ExperimentConfig, place: SweepPlace, results, trial_ends) -> int:

@@ -30,6 +30,25 @@ def preload_value(run: dict, modules: list[str]) -> str:
         public = public[: len(public) // 2]  # the first imported: what the others build on
 
 
+def preload_for(cfg, modules: list[str]) -> str | None:
+    """`ENV`'s value for the sweep `cfg` (an ExperimentConfig): what an embedded local Ray's workers
+    import as they start. None where most of them would never run a trial (Ray starts one idle
+    worker per CPU, and each preloaded one holds torch and the experiment's modules in memory for
+    the whole sweep), and for trials on GPUs (a module that initializes CUDA as it is imported would
+    do so before Ray sets the trial's CUDA_VISIBLE_DEVICES)."""
+    from tuneloop.tune import _compat
+
+    sweep = cfg.sweep
+    if sweep.resources_per_trial.gpu:
+        return None
+    cpus = _compat.detected_cpus()
+    slots = min(sweep.max_concurrent_trials or sweep.num_samples,
+                int(cpus / sweep.resources_per_trial.cpu) if sweep.resources_per_trial.cpu else cpus)
+    if cpus > 2 * slots:
+        return None
+    return preload_value(cfg.run.model_dump(mode="json", by_alias=True), list(modules))
+
+
 def import_for_trials(spec: dict) -> None:
     """Import the modules of `spec` (`preload_value`), the trial's own modules and the run's import
     paths. Silent: whatever fails here fails again, with its message, in the trial."""

@@ -86,8 +86,9 @@ class TruthfulOptunaSearch(OptunaSearch):
         study = _compat.optuna_study(self)
         in_study = {t.number: t for t in study.get_trials(deepcopy=False)}
         known = {tune_id: trial.number for tune_id, trial in _compat.optuna_trials(self).items()}
+        known_numbers = set(known.values())
         self._orphans = [t for number, t in in_study.items()
-                         if t.state == TrialState.RUNNING and number not in known.values()]
+                         if t.state == TrialState.RUNNING and number not in known_numbers]
         # epochs the study holds already (told before the crash): not told again when a restored
         # trial reports them once more (Optuna would warn that it ignores them)
         self._reported = {tune_id: set(in_study[number].intermediate_values)

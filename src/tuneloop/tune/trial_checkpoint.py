@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import warnings
-
 from dataclasses import dataclass
 
 from tuneloop.checkpoints import STATE_FILE, DamagedCheckpoint, load_state
