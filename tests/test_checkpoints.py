@@ -354,3 +354,65 @@ def test_a_checkpoint_holds_its_epochs_record_and_whether_the_run_ended_there(di
     last = load_state(tmp_path / "es" / "epoch_1", expected_hash="abc")
     assert checkpointing.ended(last, 10) == "early_stopping" and last["record"]["epoch"] == 1
     assert checkpointing.ended(load_state(tmp_path / "es" / "epoch_0", expected_hash="abc"), 10) == ""
+
+
+# --- writing in the background ------------------------------------------------------------------
+
+def test_a_host_copy_is_exact_independent_of_later_steps_and_reuses_its_buffers():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 4))
+    model[2].weight = torch.nn.Parameter(torch.randn(8, 4).T)  # a non-contiguous parameter
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(5, 4)).sum().backward()
+    optimizer.step()
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": [1.0, 2.0],
+             "tied": (model[0].bias, model[0].bias), "n": 3}
+    expected = {"model": {k: v.clone() for k, v in state["model"].items()},
+                "optimizer": optimizer.state_dict()["state"][0]["exp_avg"].clone()}
+    host_copy = checkpointing.HostCopy()
+    copied, ready = host_copy(state)
+    ready()
+    with torch.no_grad():  # the next epoch trains on: nothing reaches the copy
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    state["history"].append(3.0)
+    model(torch.randn(5, 4))  # BatchNorm's running statistics move
+    assert_state_dicts_equal(copied["model"], expected["model"])
+    assert copied["model"]._metadata == state["model"]._metadata  # module versions, for load_state_dict
+    assert torch.equal(copied["optimizer"]["state"][0]["exp_avg"], expected["optimizer"])
+    assert copied["optimizer"]["param_groups"] == optimizer.state_dict()["param_groups"]
+    assert copied["history"] == [1.0, 2.0] and copied["n"] == 3
+    assert copied["tied"][0] is copied["tied"][1]  # one tensor under two names stays one
+    again, _ = host_copy(state)  # the next checkpoint: the same buffers, the new values
+    assert again["model"]["0.weight"].data_ptr() == copied["model"]["0.weight"].data_ptr()
+    assert_state_dicts_equal(again["model"], model.state_dict())
+
+
+def test_a_background_writer_raises_a_failed_writes_error_in_the_calling_thread():
+    writer = checkpointing.BackgroundWriter()
+    done = []
+    writer.start(lambda: done.append(1), "the first")
+    writer.start(lambda: 1 / 0, "the second")  # waits for the first, whose write worked
+    assert done == [1]
+    with pytest.raises(ZeroDivisionError) as info:
+        writer.wait()
+    assert info.value.__notes__ == ["raised by the background write of the second"]
+    writer.wait()  # raised once
+
+
+def test_a_write_into_a_reported_directory_cut_off_part_way_leaves_no_state_and_the_previous_one_loads(tmp_path):
+    """The directory Tune names stays without state.pt: the loader falls back to the checkpoint before."""
+    from ray.tune import Checkpoint
+
+    from tuneloop.tune.trial_checkpoint import load_tune_checkpoint
+
+    model = torch.nn.Linear(200, 100)  # ~80 kB of weights
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), None, torch.nn.MSELoss(), [])
+    checkpointing.write_state_into(collect_state(trainer, 2), tmp_path / "checkpoint_000002")
+    (tmp_path / "checkpoint_000003").mkdir()  # Tune's copy of the (empty) reported directory
+    with pytest.raises(OSError):
+        with_file_size_limit(16_384, lambda: checkpointing.write_state_into(
+            collect_state(trainer, 3), tmp_path / "checkpoint_000003"))
+    assert entries(tmp_path / "checkpoint_000003") == []  # no state.pt, no temporary
+    with pytest.warns(RuntimeWarning, match="previous intact checkpoint"):
+        state, path = load_tune_checkpoint(Checkpoint(str(tmp_path / "checkpoint_000003")))
+    assert state["epoch"] == 2 and path.endswith("checkpoint_000002")

@@ -6,20 +6,30 @@ LossPrediction, OverfitDetection, ...), the RNG states (python, numpy, torch CPU
 CPU tensors, and the epoch's record with the stop reason the run had then (so a run restored
 from the checkpoint of its own last epoch knows it had ended, and what it reported), so that
 `torch.load(weights_only=True)` can read it back.
+
+Writing need not stall training: `HostCopy` takes the state into host memory at once, and a
+`BackgroundWriter` serializes and writes it while the next epoch trains (CheckpointCallback). A
+`state.pt` appears whole or not at all (written under a hidden temporary name, then renamed), so a
+checkpoint directory whose write was cut off holds no `state.pt` and reads as damaged.
 """
 
 from __future__ import annotations
 
+import collections
+import copy
 import hashlib
 import io
 import json
 import os
 import random
 import re
+import secrets
 import shutil
 import tempfile
+import threading
 import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -188,6 +198,31 @@ def save_state(state: dict, directory: Path, durable: bool = True) -> Path:
     return directory / STATE_FILE
 
 
+def write_state_into(state: dict, directory: Path) -> Path:
+    """Make `directory/state.pt` hold `state`, creating the directory if needed: the file appears
+    whole or not at all (a hidden temporary file, renamed), and is not flushed to disk (fsync) —
+    as Ray's own copy of a reported checkpoint into the storage. Returns the file's path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / STATE_FILE
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            try:
+                torch.save(state, handle)
+            except RuntimeError as exc:
+                # a failed write (disk full, ...) comes out of torch as its own error about the file's
+                # position, raised while the OSError was handled: the OSError says what happened
+                if isinstance(exc.__context__, OSError):
+                    raise exc.__context__ from None
+                raise
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _publish(directory: Path, write, replace) -> None:
     """Make `directory/state.pt`: in an existing directory `replace()` swaps the file atomically;
     otherwise `write(path)` fills a hidden staging directory that is then renamed to `directory`."""
@@ -275,9 +310,13 @@ class CheckpointManager:
         return value < self.best_value if self.mode == "min" else value > self.best_value
 
     def save_best(self, state: dict, value: float, written: Path | None = None) -> Path:
-        """Make `best/state.pt` this state; `written` is the same state already saved (then it is
-        hard-linked, atomically, instead of serialized and written again)."""
+        """Make `best/state.pt` this state, whose monitored value is `value`; `written` is the same
+        state already saved (then it is hard-linked, atomically, instead of serialized and written again)."""
         self.best_value = float(value)
+        return self.write_best(state, written)
+
+    def write_best(self, state: dict, written: Path | None = None) -> Path:
+        """`save_best` without updating `best_value` (which its caller has set)."""
         directory = self.root / "best"
         if written is None:
             save_state(state, directory)
@@ -300,3 +339,106 @@ def _replace_with_link(source: Path, target: Path) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+# --- writing in the background ---------------------------------------------------------------
+
+_IMMUTABLE = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size)
+
+
+class HostCopy:
+    """Copies a state into host memory at once, so that it can be written while training goes on.
+
+    Containers are rebuilt and other values deep-copied, so no later change to the live objects
+    reaches the copy. Tensors are copied into buffers kept from one call to the next (a copy into
+    warm memory costs a fraction of a fresh allocation's page faults); so the previous copy must
+    be written before the next call. CUDA tensors are copied into pinned buffers without waiting
+    for the GPU: call the returned `ready()` before reading the copy.
+    """
+
+    def __init__(self):
+        self._buffers: dict[tuple, tuple[torch.Tensor, bool]] = {}  # where in the state → (buffer, pinned)
+
+    def __call__(self, state: Any) -> tuple[Any, Callable[[], None]]:
+        memo: dict[int, torch.Tensor] = {}
+        devices: set[torch.device] = set()
+        copied = self._copy(state, (), memo, devices)
+        events = []
+        for device in devices:  # one event per GPU: the copies are queued on its current stream
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            events.append(event)
+
+        def ready() -> None:
+            for event in events:
+                event.synchronize()
+
+        return copied, ready
+
+    def _copy(self, value: Any, key: tuple, memo: dict, devices: set) -> Any:
+        if isinstance(value, torch.Tensor):
+            if id(value) not in memo:  # one tensor under two names (tied weights) stays one
+                memo[id(value)] = self._tensor(value, key, devices)
+            return memo[id(value)]
+        if isinstance(value, dict):
+            copied = type(value)() if type(value) in (dict, collections.OrderedDict) else {}
+            for name, item in value.items():
+                copied[name] = self._copy(item, (*key, name), memo, devices)
+            if isinstance(copied, collections.OrderedDict) and hasattr(value, "_metadata"):
+                copied._metadata = copy.deepcopy(value._metadata)
+            return copied
+        if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+            return type(value)(self._copy(item, (*key, index), memo, devices) for index, item in enumerate(value))
+        return value if isinstance(value, _IMMUTABLE) else copy.deepcopy(value)
+
+    def _tensor(self, tensor: torch.Tensor, key: tuple, devices: set) -> torch.Tensor:
+        tensor = tensor.detach()
+        if tensor.layout != torch.strided or tensor.device.type not in ("cpu", "cuda"):
+            return tensor.to("cpu", copy=True)  # sparse, quantized, other devices: a plain copy
+        pinned = tensor.device.type == "cuda"
+        buffer, was_pinned = self._buffers.get(key, (None, False))
+        if buffer is None or buffer.shape != tensor.shape or buffer.dtype != tensor.dtype or was_pinned != pinned:
+            buffer = torch.empty_like(tensor, device="cpu", pin_memory=pinned)
+            self._buffers[key] = (buffer, pinned)
+        buffer.copy_(tensor, non_blocking=pinned)
+        if pinned:
+            devices.add(tensor.device)
+        return buffer
+
+
+class BackgroundWriter:
+    """Runs one write at a time in a background thread. A failed write's error is raised (with a
+    note) by the next `start`, `wait` or `raise_failure`, in the training thread."""
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self, write: Callable[[], Any], what: str) -> None:
+        """Wait for the write in flight (raising its error), then run `write()` in the background."""
+        self.wait()
+
+        def run():
+            try:
+                write()
+            except BaseException as exc:  # handed to the training thread
+                exc.add_note(f"raised by the background write of {what}")
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="tuneloop-checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Wait for the write in flight; raise its error, if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.raise_failure()
+
+    def raise_failure(self) -> None:
+        """Raise the error of a finished write that failed (once); a write in flight is left alone."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        error, self._error = self._error, None
+        if error is not None:
+            raise error

@@ -3,8 +3,10 @@ best/ by monitor and mode, and failed saves that leave the earlier checkpoints i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -206,3 +208,70 @@ def test_a_failed_save_leaves_the_earlier_checkpoints_intact(tmp_path):
     assert names(directory / "best") == ["state.pt"]
     assert load_state(directory / "best")["epoch"] == 1
     assert [load_state(directory / f"epoch_{e}")["epoch"] for e in (0, 1)] == [0, 1]
+
+
+# --- in the background --------------------------------------------------------------------------
+
+class Reporter(TrainingCallback):
+    """Where a trial's Pruner reports (100): the directory reported, and whether its state is there yet."""
+
+    priority = 100
+
+    def __init__(self, stop_at=None):
+        self.reported, self.stop_at = [], stop_at
+
+    def on_epoch_end(self, trainer, *, epoch, **kwargs):
+        self.reported.append(trainer._epoch_checkpoint)
+        if epoch == self.stop_at:
+            raise SystemExit  # a scheduler's STOP in reply to this epoch's report
+
+
+@pytest.mark.parametrize("stop_at", [None, 2])
+def test_published_checkpoints_are_written_into_tunes_directories_and_the_last_before_training_ends(tmp_path, stop_at):
+    destinations = iter(tmp_path / "trial" / f"checkpoint_{i:06d}" for i in range(100))
+    reporter = Reporter(stop_at)
+    callback = CheckpointCallback(tmp_path / "ck", keep_best=False, keep_last_k=1)
+    callback.publish_to(lambda: next(destinations))
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), None, nn.CrossEntropyLoss(),
+                      [callback, reporter])
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    with pytest.raises(SystemExit) if stop_at else contextlib.nullcontext():
+        trainer.train(TensorBatches(x, y, 8, shuffle=True), TensorBatches(x, y, 32), 5)
+    epochs = 5 if stop_at is None else stop_at + 1
+    assert reporter.reported == [str(tmp_path / "ck" / "reported")] * epochs
+    assert names(tmp_path / "ck" / "reported") == []  # reported empty: Tune's copy is instant
+    written = sorted((tmp_path / "trial").iterdir())
+    assert [p.name for p in written] == [f"checkpoint_{i:06d}" for i in range(epochs)]
+    assert all(names(p) == ["state.pt"] for p in written)  # the last one too, as training returned
+    assert [load_state(p)["epoch"] for p in written] == list(range(epochs))
+    assert_same_weights(load_state(written[-1])["model"], model.state_dict())
+
+
+def test_a_background_write_that_fails_raises_in_the_training_thread(tmp_path):
+    callback = CheckpointCallback(tmp_path / "ck", keep_best=False)
+    callback.publish_to(lambda: tmp_path / "a-file" / "checkpoint")  # not a directory: the write fails
+    (tmp_path / "a-file").write_text("")
+    model = nn.Linear(4, 2)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), None, nn.CrossEntropyLoss(), [callback])
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    with pytest.raises(OSError) as info:
+        trainer.train(TensorBatches(x, y, 8), TensorBatches(x, y, 32), 3)
+    assert "raised by the background write of the checkpoint of epoch 0" in info.value.__notes__
+
+
+def test_a_foreground_checkpoint_is_on_disk_when_the_epoch_is_reported(tmp_path):
+    """A staging directory that Tune copies during the report (an object store, PBT): written at once."""
+    class Check(Reporter):
+        def on_epoch_end(self, trainer, **kwargs):
+            self.reported.append(names(Path(trainer._epoch_checkpoint)))
+
+    check = Check()
+    callback = CheckpointCallback(tmp_path / "ck", keep_best=False, keep_last_k=1, durable=False, background=False)
+    model = nn.Linear(4, 2)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), None, nn.CrossEntropyLoss(),
+                      [callback, check])
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    trainer.train(TensorBatches(x, y, 8), TensorBatches(x, y, 32), 3)
+    assert check.reported == [["state.pt"]] * 3

@@ -7,6 +7,14 @@ from pathlib import Path
 from tuneloop.callbacks import TrainingCallback
 
 
+def wait_for(path: Path, timeout_s: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 class FailOnce(TrainingCallback):
     """On each trial's first attempt, raise at the start of epoch `epoch` (a crash Ray retries from
     the last checkpoint). With `damage_latest`, first truncate the trial's newest checkpoint in
@@ -32,6 +40,7 @@ class FailOnce(TrainingCallback):
         if self.damage_latest or self.foreign_latest:
             checkpoints = sorted(Path(self.experiment_dir, f"trial_{trial_id}").glob("checkpoint_*"))
             state = checkpoints[-1] / "state.pt"
+            wait_for(state)  # written in the background while this epoch starts
             if self.damage_latest:
                 state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
             else:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from tuneloop.callbacks.base import NON_FINITE_STOP, TrainingCallback
-from tuneloop.checkpoints import STATE_FILE, CheckpointManager, collect_state
+from tuneloop.checkpoints import (STATE_FILE, BackgroundWriter, CheckpointManager, HostCopy, collect_state,
+                                  write_state_into)
+
+REPORTED_DIR = "reported"  # under the callback's directory: the (empty) directory a trial reports (publish_to)
 
 
 class CheckpointCallback(TrainingCallback):
@@ -18,13 +22,20 @@ class CheckpointCallback(TrainingCallback):
     (unless `keep_best=False`). `durable=False` skips flushing files to disk: for a directory that
     only stages checkpoints that another component copies (Tune, inside a trial).
     The path of this epoch's periodic checkpoint (or None) is left in `trainer._epoch_checkpoint`.
+
+    With `background=True` only the copy of the state into host memory happens in `on_epoch_end`;
+    serializing and writing run in a thread while the next epoch trains. The next checkpoint first
+    waits for the one in flight, `on_train_end` waits for the last, and a failed write raises its
+    error in the training thread (at the next epoch's start or end, at the latest in `on_train_end`).
+    A staging directory that another component copies at once must be written in the foreground:
+    `background=False`, unless `publish_to` names where the checkpoint goes instead.
     """
 
     priority = 95
 
     def __init__(self, directory: str | Path, save_every_n_epochs: int = 1, keep_last_k: int = 3,
                  monitor: str = "val_loss", mode: str = "min", config_hash: str = "", keep_best: bool = True,
-                 durable: bool = True):
+                 durable: bool = True, background: bool = True):
         if save_every_n_epochs < 1:
             raise ValueError(f"save_every_n_epochs >= 1 must hold, but got {save_every_n_epochs}")
         if keep_last_k < 1:
@@ -36,9 +47,28 @@ class CheckpointCallback(TrainingCallback):
         self.config_hash = config_hash
         self.keep_best = keep_best
         self.manager = CheckpointManager(Path(directory), keep_last_k=keep_last_k, mode=mode, durable=durable)
+        self.background = background
+        self._host_copy = HostCopy()
+        self._writer = BackgroundWriter()
+        self._destination: Callable[[], Path] | None = None  # see publish_to
+
+    def publish_to(self, destination: Callable[[], Path]) -> None:
+        """Inside a Tune trial on local storage: write each periodic checkpoint, in the background,
+        straight into `destination()` — the directory Tune is about to persist this epoch's reported
+        checkpoint as —, and leave an empty directory in `trainer._epoch_checkpoint` for the report
+        (Tune's copy of it is then instant). Until the write completes, that checkpoint has no
+        `state.pt`: a restore meanwhile (the process died) falls back to the previous one."""
+        if self.keep_best:
+            raise ValueError("publish_to needs keep_best=False: a trial's best checkpoint is kept by the sweep")
+        self._destination = destination
+        self.background = True
 
     def on_train_epoch_begin(self, trainer, **kwargs):
         trainer._epoch_checkpoint = None
+        self._writer.raise_failure()
+
+    def on_train_end(self, trainer, **kwargs):
+        self._writer.wait()
 
     def on_epoch_end(self, trainer, *, epoch, train_loss, val_loss, metrics, **kwargs):
         reason = trainer.callbacks.stop_reason()
@@ -53,14 +83,41 @@ class CheckpointCallback(TrainingCallback):
             return
         if better:
             self.manager.best_value = float(value)  # before collecting, so the state holds it
+        self._writer.wait()  # the host copy reuses its buffers: the previous state must be written
         state = collect_state(trainer, epoch, self.config_hash, val_loss=val_loss,
                               record=trainer.epoch_record(epoch, train_loss, val_loss, metrics), stop_reason=reason)
-        written = None
+        if not self.background:
+            written = self.manager.save_periodic(state, epoch) if due else None
+            trainer._epoch_checkpoint = str(written) if due else None
+            if better:
+                self.manager.write_best(state, written=written / STATE_FILE if written else None)
+            return
+        state, ready = self._host_copy(state)
+        if self._destination is not None:
+            if due:
+                reported = self.manager.root / REPORTED_DIR
+                reported.mkdir(parents=True, exist_ok=True)
+                trainer._epoch_checkpoint = str(reported)
+                destination = self._destination()
+                self._writer.start(lambda: self._write_into(state, ready, destination),
+                                   f"the checkpoint of epoch {epoch}")
+            return
         if due:
-            written = self.manager.save_periodic(state, epoch)
-            trainer._epoch_checkpoint = str(written)
-        if better:
-            self.manager.save_best(state, value, written=written / STATE_FILE if written else None)
+            trainer._epoch_checkpoint = str(self.manager.root / f"epoch_{epoch}")
+        self._writer.start(lambda: self._save(state, ready, epoch, due, better), f"the checkpoint of epoch {epoch}")
+
+    @staticmethod
+    def _write_into(state: dict, ready: Callable[[], None], destination: Path) -> None:
+        """In the background: the checkpoint into the directory Tune persists the report's as."""
+        ready()
+        write_state_into(state, destination)
+
+    def _save(self, state: dict, ready: Callable[[], None], epoch: int, due: bool, best: bool) -> None:
+        """In the background: the periodic checkpoint (then the oldest beyond keep_last_k go) and `best/`."""
+        ready()
+        written = self.manager.save_periodic(state, epoch) if due else None
+        if best:  # best_value was set in on_epoch_end (the training thread owns it)
+            self.manager.write_best(state, written=written / STATE_FILE if written else None)
 
     def _monitored(self, train_loss, val_loss, metrics) -> float:
         if self.monitor == "val_loss":

@@ -186,7 +186,9 @@ def builtin_callbacks(run: RunConfig, *, checkpoint_dir: Path | None, staging: b
 
     The CheckpointCallback is added when `checkpoint_dir` is given. With `staging` (inside a
     trial) the directory only stages each checkpoint for Tune to copy into its storage, which keeps
-    the history: only the latest is kept, no `best/`, and files are not flushed to disk (fsync).
+    the history: only the latest is kept, no `best/`, and files are not flushed to disk (fsync);
+    it is written in the foreground (Tune copies it when the epoch is reported), unless the trial
+    has the callback write straight into Tune's storage (`CheckpointCallback.publish_to`).
     """
     callbacks: list[TrainingCallback] = [
         NaNDetectionCallback(),
@@ -208,7 +210,7 @@ def builtin_callbacks(run: RunConfig, *, checkpoint_dir: Path | None, staging: b
         ck = run.checkpoint_config
         callbacks.append(CheckpointCallback(checkpoint_dir, ck.save_every_n_epochs, 1 if staging else ck.keep_last_k,
                                             ck.monitor, ck.mode, run_hash(run), keep_best=not staging,
-                                            durable=not staging))
+                                            durable=not staging, background=not staging))
     if run.wandb_config.enabled:
         wb = run.wandb_config
         init = dict(wandb_init or {})

@@ -58,6 +58,17 @@ def number_checkpoints_after(index: int) -> None:
     storage.current_checkpoint_index = max(storage.current_checkpoint_index, index)
 
 
+def next_checkpoint_path() -> str:
+    """Where the running trial's next reported checkpoint will be persisted: `checkpoint_<index + 1>`
+    in its directory on Tune's storage (Ray adds 1 to the index, then copies the reported directory
+    there). The numbering is the session's StorageContext's; no public API tells it in advance."""
+    from ray.train._internal.session import get_storage
+    from ray.train._internal.storage import StorageContext
+
+    storage = get_storage()
+    return f"{storage.trial_fs_path}/{StorageContext._make_checkpoint_dir_name(storage.current_checkpoint_index + 1)}"
+
+
 def forget_ended_trial_details(trial) -> None:
     """Drop what Tune keeps of an ended trial that nothing reads any more: its running statistics of
     every numeric result key (`metric_analysis`, `metric_n_steps`: min/max/avg/last-n per key, the

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from tuneloop.callbacks.checkpoint import CheckpointCallback
 from tuneloop.callbacks.metrics_csv import MetricsCsvCallback
 from tuneloop.callbacks.pruner import PrunerCallback
 from tuneloop.config.schema import RunConfig
@@ -97,6 +98,21 @@ def resume_point(checkpoint, expected_hash: str, device, adopt: bool) -> tuple[d
     return state, path, None
 
 
+def write_checkpoints_in_place(trainer) -> None:
+    """On local storage, the CheckpointCallback writes each checkpoint in the background straight into
+    the directory Tune persists the epoch's report as, and the report carries an empty directory:
+    the next epoch trains while the state is serialized and written, and nothing is copied twice.
+    Elsewhere (an object store) the state is staged and Tune uploads it during the report."""
+    import pyarrow.fs
+
+    filesystem, _ = _compat.trial_storage()
+    if not isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+        return
+    for callback in trainer.callbacks:
+        if isinstance(callback, CheckpointCallback):
+            callback.publish_to(lambda: Path(_compat.next_checkpoint_path()))
+
+
 THREAD_TIMEOUT_S = 30  # how long a stopped trial's thread may take to end (W&B finish, clean-up)
 
 
@@ -144,6 +160,8 @@ def train_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ..
                         "dir": files, "config": {**config, "experiment": experiment},
                         "tags": list(tags)},
         )
+        if adopt:  # (schedulers that pause or clone trials read Tune's checkpoints the moment they are reported)
+            write_checkpoints_in_place(run_parts.trainer)
         start_epoch = 0
         state, path, lost_after = resume_point(tune.get_checkpoint(), run_hash(run_cfg), device, adopt)
         if state is not None:
