@@ -14,7 +14,8 @@ a staging checkpoint directory with its checkpoint period), plus the Pruner with
 W&B and the trial's metrics.csv are left out:
   (d)  a bare loop over the very same loaders, model, optimizer and scheduler, doing what the recipe
        needs by hand (optimizer.train()/eval() around validation for SPlus, scheduler.step()),
-  (e)  the Trainer of that trial, `run.epochs` epochs per run.
+  (e)  the Trainer of that trial, `run.epochs` epochs per run (its checkpoints written in the
+       background, as in a trial on local storage).
 
 As ms/epoch and as ratios to the case's bare loop. The variants run interleaved (one run of each
 per round, so drift hits all alike) after a warm-up round; reported are the median time per epoch
@@ -27,6 +28,7 @@ Run: `.venv/bin/python benchmarks/trainer_overhead.py [--epochs 20 --repeats 9 -
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -132,10 +134,18 @@ def all_builtins(checkpoint: bool):
 
 
 def default_run(checkpoint_dir=None, extra_callbacks=()):
-    """The default experiment's run as a trial builds it (W&B off), on the CPU."""
+    """The default experiment's run as a trial builds it (W&B off), on the CPU: on local storage a
+    trial writes its checkpoints in the background into the directories Tune persists its reports as
+    (`tuneloop.tune.trainable.write_checkpoints_in_place`); here `checkpoint_dir/tune/checkpoint_<N>`."""
     run = load_experiment(EXPERIMENT, ["run.wandb_config.enabled=false"]).run
-    return build_run(run, device=torch.device("cpu"), checkpoint_dir=checkpoint_dir, staging=True,
-                     extra_callbacks=list(extra_callbacks))
+    parts = build_run(run, device=torch.device("cpu"), checkpoint_dir=checkpoint_dir, staging=True,
+                      extra_callbacks=list(extra_callbacks))
+    if checkpoint_dir is not None:
+        destinations = (Path(checkpoint_dir) / "tune" / f"checkpoint_{index:06d}" for index in itertools.count())
+        for callback in parts.trainer.callbacks:
+            if isinstance(callback, CheckpointCallback):
+                callback.publish_to(lambda: next(destinations))
+    return parts
 
 
 def default_bare() -> float:
