@@ -11,6 +11,7 @@ import yaml
 
 from tl_sweeps import probe_experiment, run_sweep, study_of, trial_rows
 from tuneloop import cli
+from tuneloop.checkpoints import load_state
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -114,6 +115,9 @@ def test_each_scheduler_runs_a_sweep(tmp_path, scheduler):
         best = min(saved, key=lambda r: r["val_loss"])["checkpoint_dir_name"] if saved else None
         expected = {r["checkpoint_dir_name"] for r in saved[-3:]} | ({best} if best else set())
         assert {f"checkpoint_{i:06d}" for i in kept} == expected
+        for row in saved:  # each holds the state of the epoch reported with it (written in the background)
+            if row["checkpoint_dir_name"] in expected:
+                assert load_state(trial_dir / row["checkpoint_dir_name"])["epoch"] == row["epoch"]
     if scheduler["name"] == "pbt":
         mutated = [r for r in rows.values() if len({x["config"]["optimizer_config.lr"] for x in r}) > 1]
         assert mutated, "PBT exploited no checkpoint"
