@@ -88,8 +88,9 @@ def assert_same_weights(state, weights):
         assert torch.equal(state[key], weights[key]), key
 
 
-def test_keep_last_k_by_epoch_number_past_ten(tmp_path):
-    directory, seen = run(tmp_path, 12, keep_last_k=3)
+@pytest.mark.parametrize("background", [False, True], ids=["foreground", "background"])
+def test_keep_last_k_by_epoch_number_past_ten(tmp_path, background):
+    directory, seen = run(tmp_path, 12, keep_last_k=3, background=background)
     # by number epoch_9 < epoch_10 < epoch_11; by name "epoch_10" < "epoch_11" < "epoch_9" would keep 9
     # and delete 10 after epoch_11 was written
     assert names(directory) == ["best", "epoch_10", "epoch_11", "epoch_9"]
@@ -106,8 +107,9 @@ def test_keep_last_k_by_epoch_number_past_ten(tmp_path):
     assert names(directory / "best") == ["state.pt"]
 
 
-def test_every_n_epochs_and_always_the_last(tmp_path):
-    directory, seen = run(tmp_path, 7, save_every_n_epochs=3, keep_last_k=5, keep_best=False)
+@pytest.mark.parametrize("background", [False, True], ids=["foreground", "background"])
+def test_every_n_epochs_and_always_the_last(tmp_path, background):
+    directory, seen = run(tmp_path, 7, save_every_n_epochs=3, keep_last_k=5, keep_best=False, background=background)
     assert names(directory) == ["epoch_2", "epoch_5", "epoch_6"]
     assert seen.checkpoints == [None, None, str(directory / "epoch_2"), None, None,
                                 str(directory / "epoch_5"), str(directory / "epoch_6")]
@@ -128,12 +130,13 @@ def test_no_checkpoint_of_a_non_finite_epoch(tmp_path):
     assert names(directory) == ["best"] and load_state(directory / "best")["epoch"] == 1
 
 
+@pytest.mark.parametrize("background", [False, True], ids=["foreground", "background"])
 @pytest.mark.parametrize("monitor, mode, best_epoch", [
     ("val_loss", "min", 2), ("val_loss", "max", 4), ("val_score", "max", 2), ("val_score", "min", 4),
 ])
-def test_best_by_monitor_and_mode(tmp_path, monitor, mode, best_epoch):
+def test_best_by_monitor_and_mode(tmp_path, monitor, mode, best_epoch, background):
     values = [0.9, 0.5, 0.2, 0.6, 1.2, 0.3]
-    directory, seen = run(tmp_path, 6, values=values, monitor=monitor, mode=mode, keep_last_k=1)
+    directory, seen = run(tmp_path, 6, values=values, monitor=monitor, mode=mode, keep_last_k=1, background=background)
     assert names(directory) == ["best", "epoch_5"]
     state = load_state(directory / "best")
     assert state["epoch"] == best_epoch
@@ -148,18 +151,20 @@ def test_best_by_train_loss(tmp_path):
     assert load_state(directory / "best")["epoch"] == 7
 
 
-def test_best_survives_the_deletion_of_its_periodic_twin(tmp_path):
+@pytest.mark.parametrize("background", [False, True], ids=["foreground", "background"])
+def test_best_survives_the_deletion_of_its_periodic_twin(tmp_path, background):
     values = [0.1, 0.5, 0.6, 0.7, 0.8]  # epoch 0 stays best while epoch_0 is rotated out
-    directory, seen = run(tmp_path, 5, values=values, keep_last_k=2)
+    directory, seen = run(tmp_path, 5, values=values, keep_last_k=2, background=background)
     assert names(directory) == ["best", "epoch_3", "epoch_4"]
     state = load_state(directory / "best")
     assert state["epoch"] == 0
     assert_same_weights(state["model"], seen.weights[0])
 
 
-def test_a_new_best_replaces_the_old_one_even_when_not_due(tmp_path):
+@pytest.mark.parametrize("background", [False, True], ids=["foreground", "background"])
+def test_a_new_best_replaces_the_old_one_even_when_not_due(tmp_path, background):
     values = [0.9, 0.8, 0.1, 0.5]
-    directory, seen = run(tmp_path, 4, values=values, save_every_n_epochs=10)
+    directory, seen = run(tmp_path, 4, values=values, save_every_n_epochs=10, background=background)
     assert names(directory) == ["best", "epoch_3"]
     assert load_state(directory / "best")["epoch"] == 2
     assert seen.checkpoints == [None, None, None, str(directory / "epoch_3")]

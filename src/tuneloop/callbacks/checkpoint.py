@@ -23,19 +23,20 @@ class CheckpointCallback(TrainingCallback):
     only stages checkpoints that another component copies (Tune, inside a trial).
     The path of this epoch's periodic checkpoint (or None) is left in `trainer._epoch_checkpoint`.
 
-    With `background=True` only the copy of the state into host memory happens in `on_epoch_end`;
-    serializing and writing run in a thread while the next epoch trains. The next checkpoint first
-    waits for the one in flight, `on_train_end` waits for the last, and a failed write raises its
-    error in the training thread (at the next epoch's start or end, at the latest in `on_train_end`).
-    A staging directory that another component copies at once must be written in the foreground:
-    `background=False`, unless `publish_to` names where the checkpoint goes instead.
+    With `background=True` (`tuneloop train`; inside a trial see `publish_to`) only the copy of the
+    state into host memory happens in `on_epoch_end`; serializing and writing run in a thread while
+    the next epoch trains, so `trainer._epoch_checkpoint` names a directory still being written (it
+    is complete at the next checkpoint and at `on_train_end`). The next checkpoint first waits for
+    the one in flight, `on_train_end` waits for the last, and a failed write raises its error in the
+    training thread (at the next epoch's start or end, at the latest in `on_train_end`). By default
+    the checkpoint is complete when the callbacks after this one (a reporter that copies it) run.
     """
 
     priority = 95
 
     def __init__(self, directory: str | Path, save_every_n_epochs: int = 1, keep_last_k: int = 3,
                  monitor: str = "val_loss", mode: str = "min", config_hash: str = "", keep_best: bool = True,
-                 durable: bool = True, background: bool = True):
+                 durable: bool = True, background: bool = False):
         if save_every_n_epochs < 1:
             raise ValueError(f"save_every_n_epochs >= 1 must hold, but got {save_every_n_epochs}")
         if keep_last_k < 1:
