@@ -38,10 +38,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_ranks(rank: int, port: int, experiment: dict, out: dict) -> None:
-    """One rank: the probe run built and trained by `build_run` inside a gloo group of two."""
+def _two_ranks(rank: int, port: int, experiment: dict, out: dict, backend: str = "gloo") -> None:
+    """One rank: the probe run built and trained by `build_run` inside a process group of two
+    (gloo on CPU; nccl: rank r on GPU r)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    device = torch.device("cpu")
+    if backend == "nccl":
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, rank=rank, world_size=2)
     torch.set_num_threads(1)
     try:
         from tuneloop.callbacks import TrainingCallback
@@ -62,7 +67,7 @@ def _two_ranks(rank: int, port: int, experiment: dict, out: dict) -> None:
                 return self.stop
 
         run = RunConfig.model_validate(experiment["run"])
-        parts = build_run(run, device=torch.device("cpu"), extra_callbacks=[StopOnRankOne()])
+        parts = build_run(run, device=device, extra_callbacks=[StopOnRankOne()])
         trainer = parts.trainer
         records = []
         trainer.callbacks.add(type("Keep", (TrainingCallback,), {
@@ -75,7 +80,7 @@ def _two_ranks(rank: int, port: int, experiment: dict, out: dict) -> None:
         _, val = blobs()
         model = trainer.model.module
         with torch.no_grad():
-            full = torch.nn.functional.cross_entropy(model(val.tensors[0]), val.tensors[1]).item()
+            full = torch.nn.functional.cross_entropy(model(val.tensors[0].to(device)), val.tensors[1].to(device)).item()
         from tuneloop.checkpoints import collect_state
 
         keys = sorted(collect_state(trainer, 0)["model"])
@@ -86,8 +91,10 @@ def _two_ranks(rank: int, port: int, experiment: dict, out: dict) -> None:
         dist.destroy_process_group()
 
 
-def test_two_ranks_average_their_epochs_and_stop_together(tmp_path):
-    """Two gloo ranks: the same averaged losses on both (the validation loss that of the whole
+@pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")])])
+def test_two_ranks_average_their_epochs_and_stop_together(tmp_path, backend):
+    """Two ranks: the same averaged losses on both (the validation loss that of the whole
     validation set), a stop decided by rank 1 alone ends both after the same epoch, checkpoints
     hold the model without DDP's `module.` prefix."""
     experiment = probe_experiment(tmp_path, epochs=4)
@@ -95,7 +102,9 @@ def test_two_ranks_average_their_epochs_and_stop_together(tmp_path):
     experiment["run"]["val_batch_size"] = 7  # 60 validation samples: 30 per rank, uneven batches
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.start_processes(_two_ranks, args=(_free_port(), experiment, out), nprocs=2, join=True, start_method="fork")
+        # fork: this process has not initialized CUDA (device_count asks NVML), so the children may
+        mp.start_processes(_two_ranks, args=(_free_port(), experiment, out, backend), nprocs=2, join=True,
+                           start_method="fork")
         first, second = out[0], out[1]
     assert first["world"] == (0, 2) and second["world"] == (1, 2)
     assert first["batches"] == second["batches"] == 6 and first["val_batches"] == second["val_batches"] == 5

@@ -73,3 +73,36 @@ class Gate(TrainingCallback):
             handle.write(f"{os.getpid()} {epoch}\n")
         while self.gate.exists():
             time.sleep(0.05)
+
+
+class KillRank(TrainingCallback):
+    """A distributed trial's worker of rank `rank` kills itself (SIGKILL) at the start of epoch
+    `epoch`, once in the whole sweep: the file `marker` records it (with the epochs that rank had
+    trained, so a test can tell where the restart began)."""
+
+    priority = 5
+
+    def __init__(self, rank: int, epoch: int, marker: str):
+        self.rank, self.epoch, self.marker = rank, epoch, Path(marker)
+
+    def on_train_epoch_begin(self, trainer, *, epoch, **kwargs):
+        if trainer.rank != self.rank or epoch != self.epoch or self.marker.exists():
+            return
+        self.marker.write_text(f"{os.getpid()} {epoch}")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RankLog(TrainingCallback):
+    """Appends one line per trained epoch and rank to `path`: the rank, its process and Ray node."""
+
+    priority = 60
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_epoch_end(self, trainer, *, epoch, **kwargs):
+        import ray
+
+        with open(self.path, "a") as handle:
+            handle.write(f'{{"rank": {trainer.rank}, "epoch": {epoch}, "pid": {os.getpid()}, '
+                         f'"node": "{ray.get_runtime_context().get_node_id()}"}}\n')

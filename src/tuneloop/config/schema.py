@@ -297,6 +297,10 @@ class SchedulerConfig(BaseModel):
 
 
 class ResourcesConfig(Strict):
+    """What one trial asks for. With `workers: N > 1` the trial trains data-parallel on N Ray Train
+    workers and `cpu`/`gpu` are per worker (`tuneloop.tune.distributed`); `workers: 1` is one process."""
+
+    workers: PositiveInt = 1
     cpu: PositiveFloat = 1
     gpu: NonNegativeFloat = 0
 
