@@ -113,3 +113,56 @@ def test_two_ranks_average_their_epochs_and_stop_together(tmp_path, backend):
     assert first["stop"] == second["stop"] == "rank_one_says_so"
     assert first["full_val"] == pytest.approx(first["records"][-1][2], rel=1e-5)
     assert first["keys"] == second["keys"] and not any(k.startswith("module.") for k in first["keys"])
+
+
+def _resume_ranks(rank: int, port: int, experiment: dict, path: str, out: dict) -> None:
+    """One rank: 4 epochs straight, then 2 epochs, rank 0's checkpoint, a fresh build restored from it
+    on every rank (as a restarted Train run does), 2 more epochs."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        from tuneloop.callbacks import TrainingCallback
+        from tuneloop.checkpoints import collect_state, restore_state
+        from tuneloop.config.schema import RunConfig
+        from tuneloop.training.build import build_run
+
+        run = RunConfig.model_validate(experiment["run"])
+
+        def trained(start: int, stop: int, state=None):
+            records = []
+
+            def keep(self, trainer, **kw):
+                records.append((kw["epoch"], kw["train_loss"], kw["val_loss"]))
+                if trainer.rank == 0 and kw["epoch"] == 1:  # where CheckpointCallback takes it (before the LR step)
+                    torch.save(collect_state(trainer, 1), path)
+
+            parts = build_run(run, device=torch.device("cpu"))
+            parts.trainer.callbacks.add(type("Keep", (TrainingCallback,), {"priority": 95, "on_epoch_end": keep})())
+            if state is not None:
+                assert restore_state(parts.trainer, state) == start
+            parts.trainer.train(parts.train_loader, parts.val_loader, stop, start)
+            return parts.trainer, records
+
+        _, straight = trained(0, 4)
+        _, first = trained(0, 2)
+        dist.barrier()
+        _, second = trained(2, 4, torch.load(path, weights_only=True))
+        out[rank] = {"straight": straight, "resumed": first + second}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_resume_bitwise_from_rank_zeros_checkpoint(tmp_path):
+    """Resume under DDP is exact on CPU (gloo): rank 0's checkpoint, loaded by both ranks, continues
+    with the losses of the uninterrupted run, bit for bit (optimizer, LR schedule and RNG in step)."""
+    experiment = probe_experiment(tmp_path, epochs=4)
+    experiment["run"].update(net="tl_testing.Probe", batch_size=16, scheduler="torch.optim.lr_scheduler.StepLR",
+                             scheduler_config={"step_size": 1, "gamma": 0.7})
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.start_processes(_resume_ranks, args=(_free_port(), experiment, str(tmp_path / "state.pt"), out), nprocs=2,
+                           join=True, start_method="fork")
+        first, second = out[0], out[1]
+    assert [r[0] for r in first["straight"]] == [0, 1, 2, 3]
+    assert first["resumed"] == first["straight"] and second["resumed"] == second["straight"]

@@ -18,6 +18,9 @@ class CheckpointCallback(TrainingCallback):
     (unless `keep_best=False`). `durable=False` skips flushing files to disk: for a directory that
     only stages checkpoints that another component copies (Tune, inside a trial).
     The path of this epoch's periodic checkpoint (or None) is left in `trainer._epoch_checkpoint`.
+
+    Under DDP: rank 0 only (`build_run` adds it there; its model state without DDP's `module.`
+    prefix); the other ranks report no checkpoint and restore from rank 0's.
     """
 
     priority = 95
