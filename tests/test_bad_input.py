@@ -178,6 +178,11 @@ CASES = [
          "sweep.resources_per_trial.workers", "must be a whole number", "1.5"),
     Case("zero_workers", sweep_(resources_per_trial={"workers": 0, "cpu": 1}),
          "sweep.resources_per_trial.workers", "must be > 0", "0"),
+    Case("workers_with_a_pausing_scheduler", sweep_(resources_per_trial={"workers": 2, "cpu": 0.5},
+                                                    scheduler={"name": "pbt"}),
+         "sweep.resources_per_trial.workers", "workers == 1 must hold with the pbt scheduler (it pauses or clones "
+         "trials from Tune's checkpoints, and a distributed trial's are its Train run's; fifo, asha, pfl stop "
+         "trials without pausing them)", "2"),
     # --- the search space --------------------------------------------------------------------
     Case("low_not_below_high", space("optimizer_config.lr", {"type": "float", "low": 0.1, "high": 0.0001}),
          "sweep.search_space.optimizer_config.lr", "low < high must hold", "low=0.1, high=0.0001"),
