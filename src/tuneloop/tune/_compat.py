@@ -87,8 +87,7 @@ def function_trainable_waiting_for_its_thread(function, timeout_s: float):
     class TuneloopTrial(wrap_function(function)):
         def cleanup(self):
             session = get_session()
-            for key in list(STOP_KEYS):  # a distributed trial's workers end at their next report
-                request_stop(key)
+            request_stops()  # a distributed trial's workers end at their next report
             if session is not None and session.training_started and session.training_thread.is_alive():
                 session.stop_event.set()  # as Ray's own finish: the thread leaves its report
                 session.continue_lock.release()
@@ -110,6 +109,14 @@ def request_stop(key: str) -> None:
     from ray.experimental.internal_kv import _internal_kv_put
 
     _internal_kv_put(key, b"1", namespace=_STOP_NAMESPACE)
+
+
+def request_stops() -> None:
+    """Raise the stop flag of every distributed trial running in this process. (A module-level
+    function, so that the trainable class, which cloudpickle copies by value with the globals its
+    methods name, reaches this module's `STOP_KEYS`, not a copy of it.)"""
+    for key in list(STOP_KEYS):
+        request_stop(key)
 
 
 def stop_requested(key: str) -> bool:
