@@ -106,3 +106,27 @@ class RankLog(TrainingCallback):
         with open(self.path, "a") as handle:
             handle.write(f'{{"rank": {trainer.rank}, "epoch": {epoch}, "pid": {os.getpid()}, '
                          f'"node": "{ray.get_runtime_context().get_node_id()}"}}\n')
+
+
+class PacedEnds(TrainingCallback):
+    """Slows epochs down (`seconds` each) when the learning rate is below `slow_below_lr`, so that a
+    scheduler's STOP can reach a distributed trial's workers before its last epoch; at the end of
+    training appends `{"rank", "lr", "epochs", "stop_reason"}` to `path` (one line per rank)."""
+
+    priority = 60
+
+    def __init__(self, path: str, slow_below_lr: float, seconds: float):
+        self.path, self.slow_below_lr, self.seconds = path, slow_below_lr, seconds
+        self.epochs: list[int] = []
+
+    def on_epoch_end(self, trainer, *, epoch, **kwargs):
+        self.epochs.append(epoch)
+        if trainer.lr < self.slow_below_lr:
+            time.sleep(self.seconds)
+
+    def on_train_end(self, trainer, **kwargs):
+        import json
+
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"rank": trainer.rank, "lr": trainer.lr, "epochs": self.epochs,
+                                     "stop_reason": trainer.stop_reason}) + "\n")

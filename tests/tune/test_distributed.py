@@ -38,8 +38,8 @@ def csv_epochs(trial_dir) -> list[int]:
 def test_an_asha_sweep_of_distributed_trials_prunes_frees_their_workers_and_survives_a_killed_worker(
         tmp_path, capsys, monkeypatch, ray_tmp, no_ray_running):
     """3 trials of 2 workers on 2 CPUs: one at a time fits (the cap is printed). ASHA stops the bad
-    trial and the next one still starts (a stopped trial's placement group would hold the CPUs it
-    needs). A worker SIGKILLed at the start of epoch 2 of the first trial: Ray Train restarts the
+    trial, whose workers learn of it and end as pruned, and the next one still starts (a stopped
+    trial's placement group would hold the CPUs it needs). A worker SIGKILLed at the start of epoch 2 of the first trial: Ray Train restarts the
     group from its last registered checkpoint and the trial's history stays contiguous. Rank 0 alone writes
     metrics.csv and the checkpoints (through Ray Train, in the trial's `train/`); the study is truthful."""
     monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
@@ -49,7 +49,10 @@ def test_an_asha_sweep_of_distributed_trials_prunes_frees_their_workers_and_surv
         sampler={"name": "RandomSampler", "seed": 6},  # lr: good, bad, good
         search_space={"optimizer_config.lr": {"type": "categorical", "choices": [0.05, 0.00001]}})
     marker = tmp_path / "killed"
-    experiment["run"]["callbacks"] = [{"class": "tl_chaos.KillRank", "rank": 1, "epoch": 2, "marker": str(marker)}]
+    ends = tmp_path / "ends.jsonl"
+    experiment["run"]["callbacks"] = [{"class": "tl_chaos.KillRank", "rank": 1, "epoch": 2, "marker": str(marker)},
+                                      {"class": "tl_chaos.PacedEnds", "path": str(ends), "slow_below_lr": 1e-3,
+                                       "seconds": 1.0}]
     status, directory = run_sweep(tmp_path, experiment)
     out = capsys.readouterr().out
     assert status == 0, out
@@ -66,6 +69,11 @@ def test_an_asha_sweep_of_distributed_trials_prunes_frees_their_workers_and_surv
         assert {r["workers"] for r in trial_rows_} == {2}
         if trial.state.name == "COMPLETE":
             assert len(trial_rows_) == 4 and trial_rows_[-1]["trial_done"]
+    # the STOP reached the pruned trial's workers (rank 0 reads it after a report, all ranks agree):
+    # both ended as pruned, on_train_end fired, before their last epoch
+    pruned = [json.loads(line) for line in ends.read_text().splitlines() if json.loads(line)["lr"] < 1e-3]
+    assert sorted(end["rank"] for end in pruned) == [0, 1], pruned
+    assert {end["stop_reason"] for end in pruned} == {"pruned"} and all(len(end["epochs"]) < 4 for end in pruned)
     assert marker.exists()  # the worker was killed once ...
     killed = next(d for d in directory.glob("trial_*") if any(r.get("resumed_from") for r in rows[d.name]))
     resumed = [(r["epoch"], r["resumed_from"]) for r in rows[killed.name] if r["resumed_from"]]
