@@ -174,6 +174,15 @@ CASES = [
          "unknown keyword argument of optuna.samplers.TPESampler", "'seeed'", ("'seed'", "'n_startup_trials'")),
     Case("gpu_share_above_one_not_whole", sweep_(resources_per_trial={"cpu": 1, "gpu": 1.5}),
          "sweep.resources_per_trial.gpu", "a gpu share above 1 must be a whole number", "1.5"),
+    Case("workers_not_whole", sweep_(resources_per_trial={"workers": 1.5, "cpu": 1}),
+         "sweep.resources_per_trial.workers", "must be a whole number", "1.5"),
+    Case("zero_workers", sweep_(resources_per_trial={"workers": 0, "cpu": 1}),
+         "sweep.resources_per_trial.workers", "must be > 0", "0"),
+    Case("workers_with_a_pausing_scheduler", sweep_(resources_per_trial={"workers": 2, "cpu": 0.5},
+                                                    scheduler={"name": "pbt"}),
+         "sweep.resources_per_trial.workers", "workers == 1 must hold with the pbt scheduler (it pauses or clones "
+         "trials from Tune's checkpoints, and a distributed trial's are its Train run's; fifo, asha, pfl stop "
+         "trials without pausing them)", "2"),
     # --- the search space --------------------------------------------------------------------
     Case("low_not_below_high", space("optimizer_config.lr", {"type": "float", "low": 0.1, "high": 0.0001}),
          "sweep.search_space.optimizer_config.lr", "low < high must hold", "low=0.1, high=0.0001"),
@@ -355,6 +364,9 @@ CASES = [
     Case("more_gpus_than_the_machine", sweep_(resources_per_trial={"cpu": 1, "gpu": 64}),
          "sweep.resources_per_trial.gpu", "CUDA GPU(s) here; the sweep runs on an embedded local Ray",
          "gpu=64", commands=SWEEP),
+    Case("more_workers_than_the_machine", sweep_(resources_per_trial={"workers": 4096, "cpu": 1}),
+         "sweep.resources_per_trial", "workers x cpu + 0.01 (the Train run's driver) <=", "workers=4096, cpu=1, gpu=0",
+         commands=SWEEP),
 ]
 assert len({c.id for c in CASES}) == len(CASES) >= 30
 
@@ -497,6 +509,49 @@ def test_cluster_resources_are_checked_against_its_nodes(tmp_path, monkeypatch):
         check_cluster_resources(experiment(1, 2))
     bootstrap.write_text(yaml.safe_dump({"available_node_types": {"head": {}, "gpu": {"max_workers": 4}}}))
     check_cluster_resources(experiment(1, 2))  # resources detected at start-up: cannot tell
+
+
+def test_a_distributed_trials_workers_are_checked_against_the_clusters_nodes(monkeypatch):
+    """Each worker fits on one node, and all of them on the nodes together, the Train run's driver
+    (0.01 CPU) included; with an autoscaler only the first rule can be told beforehand."""
+    import ray
+
+    from tuneloop.config import validate_experiment
+    from tuneloop.config.errors import UserError, in_file
+    from tuneloop.sweep.checks import check_cluster_resources
+
+    def experiment(workers, cpu, gpu=0):
+        data = copy.deepcopy(BASE)
+        data["sweep"]["resources_per_trial"] = {"workers": workers, "cpu": cpu, "gpu": gpu}
+        return validate_experiment(data, file=FILE)
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 0.0}},
+                                               {"Alive": True, "Resources": {"CPU": 1.0, "GPU": 1.0}},
+                                               {"Alive": True, "Resources": {"CPU": 1.0, "GPU": 1.0}}])
+    monkeypatch.setattr("tuneloop.sweep.checks.AUTOSCALER_CONFIG", "/nonexistent/ray_bootstrap_config.yaml")
+    check_cluster_resources(experiment(2, 0.5, 1))  # one worker per node
+    check_cluster_resources(experiment(3, 0.5))  # 1 + 2 (the driver's share on the first node)
+    with pytest.raises(UserError) as refused, in_file(FILE):
+        check_cluster_resources(experiment(4, 0.5))
+    assert str(refused.value) == ("exp.yaml: sweep.resources_per_trial: all of a trial's workers must fit on the "
+                                  "cluster's nodes together, but 3 of 4 do (its nodes: cpu=0, gpu=0; cpu=1, gpu=1), "
+                                  "but got workers=4, cpu=0.5, gpu=0")
+    with pytest.raises(UserError, match=r"one worker's cpu and gpu must fit on one node of the cluster .*"
+                                        r"but got workers=2, cpu=2, gpu=0"):
+        check_cluster_resources(experiment(2, 2))
+
+
+def test_concurrent_distributed_trials_are_capped_so_that_their_workers_fit():
+    from tuneloop.config.schema import ResourcesConfig
+    from tuneloop.tune.distributed import concurrent_trials, trial_demand, tune_resources
+
+    need = ResourcesConfig(workers=2, cpu=0.5)
+    assert trial_demand(need) == (1.01, 0) and tune_resources(need) == {"cpu": 0.01, "gpu": 0}
+    assert concurrent_trials(need, 2, 0) == 1  # 2 x 1.01 > 2: the driver's share counts
+    assert concurrent_trials(need, 4.04, 0) == 4
+    assert concurrent_trials(ResourcesConfig(workers=4, cpu=1, gpu=1), 64, 8) == 2
+    assert concurrent_trials(need, 0.5, 0) == 1  # never 0 (the check before refuses what cannot fit)
+    assert tune_resources(ResourcesConfig(cpu=2, gpu=0.5)) == {"cpu": 2, "gpu": 0.5}  # one process: as before
 
 
 @pytest.mark.ray

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tuneloop"
 
 # bottom to top; a module may import its own layer and those below it
 LAYERS = [
-    {"_io", "storage", "checkpoints", "outcome", "curves", "metrics", "batches"},
+    {"_io", "storage", "checkpoints", "outcome", "curves", "metrics", "batches", "ranks"},
     {"config"},
     {"trainer", "callbacks"},
     {"training"},

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from tuneloop._io import atomic_write_bytes, write_synced
+from tuneloop.ranks import unwrapped
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.pt"
@@ -116,7 +117,7 @@ def collect_state(trainer, epoch: int, cfg_hash: str = "", val_loss: float | Non
         "val_loss": None if val_loss is None else float(val_loss),
         "record": dict(record or {}),
         "stop_reason": stop_reason or "",
-        "model": trainer.model.state_dict(),
+        "model": unwrapped(trainer.model).state_dict(),  # without DDP's `module.`: 1 and N workers share checkpoints
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
         "scaler": trainer.scaler.state_dict() if trainer.scaler.is_enabled() else None,
@@ -132,7 +133,7 @@ def restore_state(trainer, state: dict) -> int:
     epoch, so the scheduler is stepped here as the Trainer would have (ReduceLROnPlateau with
     the epoch's val_loss) to put the next epoch's LR in place.
     """
-    trainer.model.load_state_dict(state["model"])
+    unwrapped(trainer.model).load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     if state.get("scaler") and trainer.scaler.is_enabled():  # a checkpoint of another precision has none
         trainer.scaler.load_state_dict(state["scaler"])

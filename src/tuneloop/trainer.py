@@ -10,6 +10,7 @@ import torch
 
 from tuneloop.batches import describe, sample_count, to_device
 from tuneloop.callbacks.base import NON_FINITE_STOP, CallbackRunner, TrainingCallback
+from tuneloop.ranks import summed
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -61,6 +62,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.epochs: int = 0  # total epochs of the current `train()` call
         self.stop_reason: str | None = None  # why the last `train()` ended early, if it did
+        # Data parallelism (set by tuneloop.training.build.build_run from torch.distributed, e.g. in a trial on
+        # several Ray Train workers): this process's rank and how many train together; epoch sums meet over them.
+        self.rank: int = 0
+        self.world_size: int = 1
 
         # Shared attributes: producers write them, consumers read them (None = not produced).
         self._max_grad_norm: float | None = None  # GradientMonitorCallback: epoch's max grad L2 norm
@@ -111,7 +116,8 @@ class Trainer:
         return val_loss if math.isfinite(val_loss) and self.stop_reason != NON_FINITE_STOP else math.inf
 
     def train_epoch(self, loader, epoch: int) -> float:
-        """One pass over `loader`; returns the sample-weighted mean loss (one host sync)."""
+        """One pass over `loader`; returns the sample-weighted mean loss (one host sync; over every rank
+        when several processes train together)."""
         self.model.train()
         self.callbacks.fire("on_train_epoch_begin", trainer=self, epoch=epoch)
         if hasattr(loader, "set_epoch"):
@@ -138,6 +144,7 @@ class Trainer:
             self.callbacks.fire("on_train_step_end", trainer=self, batch_idx=batch_idx, loss=loss)
         if batches is None and count and (batch_idx + 1) % self.accumulate_steps:
             self.optimizer_step()  # a loader without a length: its last, partial step
+        loss_sum, count = summed(self.world_size, loss_sum, count)  # over every rank (one all_reduce)
         _check_not_empty(count, "training", epoch)
         return float(loss_sum / count)
 
@@ -172,8 +179,10 @@ class Trainer:
                 values = [fn(outputs, targets).detach().float() for fn in self.metrics.values()]
                 metric_sums.add_(torch.stack(values), alpha=n)
                 metric_count += n
+        sums, count, metric_count = summed(self.world_size, torch.cat([loss_sum.reshape(1), metric_sums]),
+                                           count, metric_count)  # over every rank (one all_reduce)
         _check_not_empty(count, "validation", epoch)
-        sums = torch.cat([loss_sum.reshape(1), metric_sums]).tolist()
+        sums = sums.tolist()
         val_loss = sums[0] / count
         metrics = {f"val_{name}": (value / metric_count if metric_count else math.nan)
                    for name, value in zip(self.metrics, sums[1:])}

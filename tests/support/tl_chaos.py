@@ -73,3 +73,60 @@ class Gate(TrainingCallback):
             handle.write(f"{os.getpid()} {epoch}\n")
         while self.gate.exists():
             time.sleep(0.05)
+
+
+class KillRank(TrainingCallback):
+    """A distributed trial's worker of rank `rank` kills itself (SIGKILL) at the start of epoch
+    `epoch`, once in the whole sweep: the file `marker` records it (with the epochs that rank had
+    trained, so a test can tell where the restart began)."""
+
+    priority = 5
+
+    def __init__(self, rank: int, epoch: int, marker: str):
+        self.rank, self.epoch, self.marker = rank, epoch, Path(marker)
+
+    def on_train_epoch_begin(self, trainer, *, epoch, **kwargs):
+        if trainer.rank != self.rank or epoch != self.epoch or self.marker.exists():
+            return
+        self.marker.write_text(f"{os.getpid()} {epoch}")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RankLog(TrainingCallback):
+    """Appends one line per trained epoch and rank to `path`: the rank, its process and Ray node."""
+
+    priority = 60
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_epoch_end(self, trainer, *, epoch, **kwargs):
+        import ray
+
+        with open(self.path, "a") as handle:
+            handle.write(f'{{"rank": {trainer.rank}, "epoch": {epoch}, "pid": {os.getpid()}, '
+                         f'"node": "{ray.get_runtime_context().get_node_id()}"}}\n')
+
+
+class PacedEnds(TrainingCallback):
+    """Slows epochs down (`seconds` each) when the learning rate is below `slow_below_lr`, so that a
+    scheduler's STOP can reach a distributed trial's workers before its last epoch; at the end of
+    training appends `{"rank", "lr", "epochs", "stop_reason"}` to `path` (one line per rank)."""
+
+    priority = 60
+
+    def __init__(self, path: str, slow_below_lr: float, seconds: float):
+        self.path, self.slow_below_lr, self.seconds = path, slow_below_lr, seconds
+        self.epochs: list[int] = []
+
+    def on_epoch_end(self, trainer, *, epoch, **kwargs):
+        self.epochs.append(epoch)
+        if trainer.lr < self.slow_below_lr:
+            time.sleep(self.seconds)
+
+    def on_train_end(self, trainer, **kwargs):
+        import json
+
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"rank": trainer.rank, "lr": trainer.lr, "epochs": self.epochs,
+                                     "stop_reason": trainer.stop_reason}) + "\n")

@@ -11,6 +11,7 @@ from tuneloop.callbacks.nan_detection import NaNDetectionCallback
 from tuneloop.callbacks.optimizer_mode import OptimizerModeCallback
 from tuneloop.callbacks.overfit_detection import OverfitDetectionCallback
 from tuneloop.callbacks.pruner import PrunerCallback
+from tuneloop.callbacks.stop_agreement import StopAgreementCallback
 from tuneloop.callbacks.wandb_logging import WandbLoggingCallback
 
 __all__ = [
@@ -18,5 +19,5 @@ __all__ = [
     "NaNDetectionCallback", "OptimizerModeCallback", "GradientMonitorCallback",
     "LossPredictionCallback", "OverfitDetectionCallback", "WandbLoggingCallback",
     "PrunerCallback", "EarlyStoppingCallback", "CheckpointCallback",
-    "CompileCallback", "GradientClippingCallback",
+    "CompileCallback", "GradientClippingCallback", "StopAgreementCallback",
 ]

@@ -30,6 +30,9 @@ class CheckpointCallback(TrainingCallback):
     the one in flight, `on_train_end` waits for the last, and a failed write raises its error in the
     training thread (at the next epoch's start or end, at the latest in `on_train_end`). By default
     the checkpoint is complete when the callbacks after this one (a reporter that copies it) run.
+
+    Under DDP: rank 0 only (`build_run` adds it there; its model state without DDP's `module.`
+    prefix); the other ranks report no checkpoint and restore from rank 0's.
     """
 
     priority = 95

@@ -13,6 +13,8 @@ class CompileCallback(TrainingCallback):
     In place: the module keeps its own class and state_dict keys, so checkpoints of a compiled
     and an uncompiled run load into each other. Compilation happens in the first training step;
     its time is printed once.
+
+    Under DDP: compiles the DDP-wrapped model on every rank.
     """
 
     priority = 1  # before anything else touches the model

@@ -10,6 +10,9 @@ class EarlyStoppingCallback(TrainingCallback):
 
     Ties and changes within the threshold are not improvements; works for negative and zero values.
     `monitor` is `val_loss` or a key of the validation metrics (e.g. `val_accuracy`).
+
+    Under DDP: on every rank, on the averaged metric, so the ranks agree; the StopAgreementCallback
+    makes any rank's stop every rank's in the same epoch.
     """
 
     priority = 90

@@ -10,6 +10,8 @@ class GradientClippingCallback(TrainingCallback):
 
     Runs after the GradientMonitorCallback (12), which so reports the norm before clipping, and
     after the fp16 unscaling, so `max_norm` is in the gradients' own units. No host sync.
+
+    Under DDP: on every rank, on the already averaged gradients (the same clipping on each).
     """
 
     priority = 20

@@ -16,6 +16,8 @@ class GradientMonitorCallback(TrainingCallback):
     Steps whose norm exceeds `warn_threshold` are counted and reported in one line at epoch end;
     a NaN/inf norm propagates into the epoch max and is reported, never hidden, except under fp16
     loss scaling, where a non-finite gradient makes the scaler skip that step (it is left out).
+
+    Under DDP: on every rank, after DDP's all-reduce, so every rank measures the same averaged gradients.
     """
 
     priority = 12

@@ -21,6 +21,8 @@ class LossPredictionCallback(TrainingCallback):
 
     When the fit is impossible (a loss ≤ 0 or non-finite, or a non-finite result) the
     prediction falls back to -log10(last val_loss), or None when that is undefined too.
+
+    Under DDP: on every rank, from the val losses averaged over the ranks (the same prediction on each).
     """
 
     priority = 70

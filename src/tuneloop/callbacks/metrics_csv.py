@@ -13,7 +13,10 @@ from tuneloop._io import atomic_write_text
 class MetricsCsvCallback(TrainingCallback):
     """Keeps every epoch's record (`rows`) and rewrites `path` after each epoch, so a reader
     never sees a partial file; columns are the union of keys seen so far, in first-seen order.
-    The rows are part of checkpoints: a resumed run's file holds every epoch once."""
+    The rows are part of checkpoints: a resumed run's file holds every epoch once.
+
+    Under DDP: rank 0 only (the trial adds it there), with the numbers averaged over the ranks.
+    """
 
     priority = 94  # after every producer of the record (<= 90), before CheckpointCallback (95): the
     # epoch's checkpoint holds its row

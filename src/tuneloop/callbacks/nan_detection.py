@@ -6,7 +6,11 @@ from tuneloop.callbacks.base import NON_FINITE_STOP, TrainingCallback
 
 
 class NaNDetectionCallback(TrainingCallback):
-    """Sets `nan_detected` when train_loss or val_loss is NaN/inf; the Trainer then stops and returns inf."""
+    """Sets `nan_detected` when train_loss or val_loss is NaN/inf; the Trainer then stops and returns inf.
+
+    Under DDP (several workers): every rank sees the losses averaged over the ranks, so a NaN on any rank
+    is a NaN on all, and every rank stops after the same epoch (StopAgreementCallback).
+    """
 
     priority = 5
 

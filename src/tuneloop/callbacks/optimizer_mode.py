@@ -12,7 +12,10 @@ def _mode_method(trainer, name):
 
 
 class OptimizerModeCallback(TrainingCallback):
-    """`optimizer.train()` before training batches, `optimizer.eval()` before validation; no-op otherwise."""
+    """`optimizer.train()` before training batches, `optimizer.eval()` before validation; no-op otherwise.
+
+    Under DDP: on every rank (each holds its own optimizer, stepped with the same averaged gradients).
+    """
 
     priority = 10
 

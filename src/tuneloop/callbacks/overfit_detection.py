@@ -12,6 +12,8 @@ class OverfitDetectionCallback(TrainingCallback):
     """From absolute epoch `warmup_epochs` on: if, over the last `window_size` epoch-to-epoch steps,
     train loss strictly decreased at every step and val loss strictly increased at every step,
     sets `trainer._overfit_gap_ratio = val_loss / train_loss` and warns; otherwise None (not sticky).
+
+    Under DDP: on every rank, from the losses averaged over the ranks (the same verdict on each).
     """
 
     priority = 75

@@ -13,7 +13,10 @@ SHOWN = ("train_loss", "val_loss", "lr", "max_grad_norm", "predicted_final_loss"
 
 
 class ProgressCallback(TrainingCallback):
-    """Prints `epoch N/M  train_loss=… val_loss=… <metrics> (x.xs)` after every epoch."""
+    """Prints `epoch N/M  train_loss=… val_loss=… <metrics> (x.xs)` after every epoch.
+
+    Under DDP: prints on every rank (the same averaged numbers); `tuneloop train` runs one process.
+    """
 
     priority = 97
 

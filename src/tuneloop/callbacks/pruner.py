@@ -26,6 +26,11 @@ class PrunerCallback(TrainingCallback):
     says whether this epoch is the trial's own end — `trial_done` (bool) and `done_reason`
     ("complete" at the last epoch, or the stop reason: "early_stopping", "non_finite_loss", ...;
     "" otherwise) — so the Optuna study can tell a trial that ended itself from a pruned one.
+
+    Under DDP (a trial on several Ray Train workers, `tuneloop.tune.distributed`): on every rank,
+    whose `report` is `ray.train.report` (a barrier: every rank once per epoch; rank 0's record, with
+    its checkpoint, is the one forwarded to Tune); a scheduler's STOP arrives as SystemExit on every
+    rank at the same epoch (rank 0 reads it, all agree).
     """
 
     priority = 85

@@ -20,6 +20,8 @@ class WandbLoggingCallback(TrainingCallback):
     trainer's stop reason ("early_stopping", "non_finite_loss", "pruned" when a scheduler stopped
     the trial) or "error: <exception type>". A run that ended with an exception is finished with
     exit code 1, so W&B shows it as failed; a pruned run finishes normally.
+
+    Under DDP: rank 0 only (`build_run` adds it there): one W&B run per trial.
     """
 
     priority = 80

@@ -16,6 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativ
 
 from tuneloop.config.errors import Verbatim
 from tuneloop.config.schedulers import NAMES as SCHEDULER_NAMES
+from tuneloop.config.schedulers import REGISTRY as SCHEDULER_REGISTRY
 from tuneloop.metrics import BUILTIN as BUILTIN_METRICS
 
 IMPORT_PATH = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$"
@@ -297,6 +298,10 @@ class SchedulerConfig(BaseModel):
 
 
 class ResourcesConfig(Strict):
+    """What one trial asks for. With `workers: N > 1` the trial trains data-parallel on N Ray Train
+    workers and `cpu`/`gpu` are per worker (`tuneloop.tune.distributed`); `workers: 1` is one process."""
+
+    workers: PositiveInt = 1
     cpu: PositiveFloat = 1
     gpu: NonNegativeFloat = 0
 
@@ -328,6 +333,18 @@ class SweepConfig(Strict):
     def params(self) -> dict[str, Any]:
         """Every searched parameter by dotted key, the conditional ones included."""
         return flat_params(self.search_space)
+
+    @model_validator(mode="after")
+    def _workers_with_a_scheduler_that_stops(self) -> "SweepConfig":
+        # a pausing scheduler resumes (or clones) trials from Tune's checkpoints; a distributed trial's
+        # checkpoints are its Train run's (tuneloop.tune.distributed), which Tune does not hold
+        if self.resources_per_trial.workers > 1 and SCHEDULER_REGISTRY[self.scheduler.name].pauses:
+            allowed = ", ".join(n for n, spec in SCHEDULER_REGISTRY.items() if not spec.pauses)
+            raise _KeyedError("resources_per_trial.workers", f"workers == 1 must hold with the {self.scheduler.name} "
+                              f"scheduler (it pauses or clones trials from Tune's checkpoints, and a distributed "
+                              f"trial's are its Train run's; {allowed} stop trials without pausing them)",
+                              self.resources_per_trial.workers)
+        return self
 
     @model_validator(mode="after")
     def _storage(self) -> "SweepConfig":

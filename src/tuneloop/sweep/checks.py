@@ -148,13 +148,24 @@ def check_study(cfg: ExperimentConfig, *, overwrite: bool) -> bool:
 
 def check_local_resources(cfg: ExperimentConfig) -> None:
     """Before an embedded local Ray starts: one trial's cpu and gpu must fit on this machine
-    (Ray would leave every trial PENDING forever)."""
+    (Ray would leave every trial PENDING forever); a distributed trial's workers together, with
+    the Train run's driver (`tuneloop.tune.distributed.trial_demand`)."""
     import torch
+
+    from tuneloop.tune.distributed import trial_demand
 
     cpus = _compat.detected_cpus()  # what Ray will detect (cgroup limits included)
     gpus = torch.cuda.device_count()
     need = cfg.sweep.resources_per_trial
     hint = "the sweep runs on an embedded local Ray here; --address joins a cluster"
+    if need.workers > 1:
+        cpu, gpu = trial_demand(need)
+        if cpu > cpus or gpu > gpus:
+            raise UserError(f"workers x cpu + {cpu - need.workers * need.cpu:g} (the Train run's driver) <= {cpus} "
+                            f"and workers x gpu <= {gpus} must hold (this machine has {cpus} CPUs and {gpus} GPUs; "
+                            f"{hint})", key="sweep.resources_per_trial",
+                            value=Verbatim(f"workers={need.workers}, cpu={need.cpu:g}, gpu={need.gpu:g}"))
+        return
     if need.cpu > cpus:
         raise UserError(f"cpu <= {cpus} must hold (this machine has {cpus} CPUs; {hint})",
                         key="sweep.resources_per_trial.cpu", value=Verbatim(f"cpu={need.cpu:g}"))
@@ -191,12 +202,36 @@ def check_cluster_resources(cfg: ExperimentConfig) -> None:
             if not resources or "CPU" not in resources:
                 return  # detected when the node starts: cannot tell beforehand
             nodes.append((resources.get("CPU", 0), resources.get("GPU", 0)))
+    if need.workers > 1:
+        _check_cluster_workers(cfg, nodes, autoscaler.is_file())
+        return
     if not nodes or any(cpu >= need.cpu and gpu >= need.gpu for cpu, gpu in nodes):
         return
     shown = "; ".join(f"cpu={cpu:g}, gpu={gpu:g}" for cpu, gpu in sorted(set(nodes)))
     raise UserError(f"one trial's cpu and gpu must fit on one node of the cluster (its nodes"
                     f"{' and node types' if autoscaler.is_file() else ''}: {shown})",
                     key="sweep.resources_per_trial", value=Verbatim(f"cpu={need.cpu:g}, gpu={need.gpu:g}"))
+
+
+def _check_cluster_workers(cfg: ExperimentConfig, nodes: list[tuple[float, float]], autoscaled: bool) -> None:
+    """A distributed trial: each worker (one bundle of its placement group) fits on one node, and
+    all of them fit on the cluster's nodes together (an autoscaler's node types may add more: then
+    only the first rule can be told beforehand)."""
+    need = cfg.sweep.resources_per_trial
+    value = Verbatim(f"workers={need.workers}, cpu={need.cpu:g}, gpu={need.gpu:g}")
+    shown = "; ".join(f"cpu={cpu:g}, gpu={gpu:g}" for cpu, gpu in sorted(set(nodes)))
+    if nodes and not any(cpu >= need.cpu and gpu >= need.gpu for cpu, gpu in nodes):
+        raise UserError(f"one worker's cpu and gpu must fit on one node of the cluster (its nodes"
+                        f"{' and node types' if autoscaled else ''}: {shown})",
+                        key="sweep.resources_per_trial", value=value)
+    if autoscaled:
+        return
+    from tuneloop.tune.distributed import workers_that_fit
+
+    fit = workers_that_fit(need, nodes)
+    if fit < need.workers:
+        raise UserError(f"all of a trial's workers must fit on the cluster's nodes together, but {fit} of "
+                        f"{need.workers} do (its nodes: {shown})", key="sweep.resources_per_trial", value=value)
 
 
 def check_shared_storage(cfg: ExperimentConfig, storage: Storage) -> None:

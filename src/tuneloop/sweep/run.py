@@ -147,7 +147,8 @@ def drive(cfg: ExperimentConfig, place: SweepPlace, make_tuner, address: str | N
     for warning in version_warnings():
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     trial_log = TrialLog()  # the trials' own lines, printed by the live table (above it)
-    started = ensure_ray(address, trial_log=trial_log, tune_trials=True, preload=preload_for(cfg, preload_modules))
+    started = ensure_ray(address, trial_log=trial_log, tune_trials=True, preload=preload_for(cfg, preload_modules),
+                         state_api=cfg.sweep.resources_per_trial.workers > 1)
     try:
         check_shared_storage(cfg, place.storage)
         check_cluster_resources(cfg)

@@ -15,6 +15,7 @@ def build_trainable(cfg: ExperimentConfig):
     """`train_trial` with the run section and the resources per trial (also what a restore needs)."""
     from ray import tune
 
+    from tuneloop.tune.distributed import fit_trial, tune_resources
     from tuneloop.tune.trainable import train_trial, trainable_class
 
     sweep, run = cfg.sweep, cfg.run
@@ -23,12 +24,40 @@ def build_trainable(cfg: ExperimentConfig):
         # A paused trial continues from its last checkpoint: without one every epoch, the epochs
         # after it would run twice. PBT also needs the checkpoint of the epoch it exploits.
         run_dict["checkpoint_config"].update(enabled=True, save_every_n_epochs=1)
-    function = tune.with_parameters(train_trial, run=run_dict, experiment=run.name,
-                                    tags=(f"scheduler:{sweep.scheduler.name}", f"sampler:{sweep.sampler.name}"),
-                                    adopt=not SCHEDULERS[sweep.scheduler.name].pauses)
-    return tune.with_resources(
-        trainable_class(function),
-        {"cpu": sweep.resources_per_trial.cpu, "gpu": sweep.resources_per_trial.gpu})
+    tags = (f"scheduler:{sweep.scheduler.name}", f"sampler:{sweep.sampler.name}")
+    need = sweep.resources_per_trial
+    if need.workers > 1:  # a Train run of `workers` data-parallel workers per trial
+        function = tune.with_parameters(fit_trial, run=run_dict, experiment=run.name, tags=tags,
+                                        workers=need.workers, cpu=need.cpu, gpu=need.gpu,
+                                        max_failures=sweep.max_failures)
+    else:
+        function = tune.with_parameters(train_trial, run=run_dict, experiment=run.name, tags=tags,
+                                        adopt=not SCHEDULERS[sweep.scheduler.name].pauses)
+    return tune.with_resources(trainable_class(function), tune_resources(need))
+
+
+def concurrency(cfg: ExperimentConfig) -> int:
+    """`sweep.max_concurrent_trials`, capped (with a printed note) so that the workers of concurrent
+    distributed trials fit on the Ray this driver joined: Tune only counts their drivers' CPU share."""
+    import ray
+    import torch
+
+    from tuneloop.tune.distributed import concurrent_trials, trial_demand
+
+    sweep = cfg.sweep
+    need = sweep.resources_per_trial
+    if need.workers == 1:
+        return sweep.max_concurrent_trials
+    total = ray.cluster_resources()
+    fit = concurrent_trials(need, total.get("CPU", 0), total.get("GPU", 0))
+    if fit < sweep.max_concurrent_trials:
+        cpu, gpu = trial_demand(need)
+        print(f"[tuneloop] note: sweep.max_concurrent_trials={sweep.max_concurrent_trials} lowered to {fit}: a trial "
+              f"holds {need.workers} workers x (cpu={need.cpu:g}, gpu={need.gpu:g}) + cpu={cpu - need.workers * need.cpu:g} "
+              f"for its driver = cpu={cpu:g}, gpu={gpu:g}, and Ray has cpu={total.get('CPU', 0):g}, "
+              f"gpu={total.get('GPU', 0):g}", flush=True)
+        return fit
+    return sweep.max_concurrent_trials
 
 
 def param_space(cfg: ExperimentConfig) -> dict:
@@ -84,7 +113,9 @@ def build_tuner(cfg: ExperimentConfig, place: SweepPlace):
                                 mode=sweep.mode, epochs=run.epochs, mutations=mutations)
     tune_config = tune.TuneConfig(
         search_alg=searcher, scheduler=scheduler, num_samples=sweep.num_samples,
-        max_concurrent_trials=sweep.max_concurrent_trials, reuse_actors=True,
+        max_concurrent_trials=concurrency(cfg),
+        # a distributed trial's actor only waits for its Train run (whose start-up dwarfs the actor's): not reused
+        reuse_actors=sweep.resources_per_trial.workers == 1,
         trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname)
     callbacks += _compat.trial_loggers()  # result.json and progress.csv (no TensorBoard files)
     storage_path, storage_filesystem = tune_storage(sweep)

@@ -21,13 +21,14 @@ from torch.utils.data import IterableDataset, TensorDataset
 from tuneloop.batches import describe
 from tuneloop.callbacks import (CheckpointCallback, CompileCallback, EarlyStoppingCallback, GradientClippingCallback,
                                 GradientMonitorCallback, LossPredictionCallback, NaNDetectionCallback,
-                                OptimizerModeCallback, OverfitDetectionCallback, TrainingCallback,
-                                WandbLoggingCallback)
+                                OptimizerModeCallback, OverfitDetectionCallback, StopAgreementCallback,
+                                TrainingCallback, WandbLoggingCallback)
 from tuneloop.config.errors import UserError, Verbatim
 from tuneloop.config.imports import resolve_run
 from tuneloop.config.schema import RunConfig
 from tuneloop.trainer import Trainer
 from tuneloop.checkpoints import config_hash
+from tuneloop.ranks import data_parallel, process_group
 from tuneloop.training.data import make_loader
 
 
@@ -90,9 +91,11 @@ class Loaders:
     val_samples: int | None
 
 
-def build_loaders(run: RunConfig, train_set, val_set, device: torch.device, resolved: dict | None = None) -> Loaders:
+def build_loaders(run: RunConfig, train_set, val_set, device: torch.device, resolved: dict | None = None,
+                  rank: int = 0, world_size: int = 1) -> Loaders:
     """Batches of each split (non-empty, inputs and targets of one length), seeded by `run.seed`,
-    through `run.loader_config` and `run.collate_fn`."""
+    through `run.loader_config` and `run.collate_fn`; with `world_size` > 1, this rank's share of
+    each split (`make_loader`)."""
     sizes, loaders = {}, {}
     collate_fn = (resolved or {}).get("collate_fn")
     options = run.loader_config.model_dump()
@@ -114,7 +117,8 @@ def build_loaders(run: RunConfig, train_set, val_set, device: torch.device, reso
                             value=Verbatim("0 samples"))
         with Step("run.data", f"batching the {split} split (a {type(dataset).__name__})"):
             loaders[split] = make_loader(dataset, batch_size, shuffle=shuffle, seed=run.seed, device=device,
-                                         options=options, collate_fn=collate_fn)
+                                         options=options, collate_fn=collate_fn, rank=rank,
+                                         world_size=world_size, even=split == "train")
     return Loaders(loaders["train"], loaders["val"], sizes["train"], sizes["val"])
 
 
@@ -181,8 +185,12 @@ def build_user_callbacks(run: RunConfig, resolved: dict) -> list[TrainingCallbac
 
 
 def builtin_callbacks(run: RunConfig, *, checkpoint_dir: Path | None, staging: bool = False,
-                      wandb_init: dict | None = None) -> list[TrainingCallback]:
+                      wandb_init: dict | None = None, rank: int = 0, world_size: int = 1) -> list[TrainingCallback]:
     """The built-ins that `run` enables.
+
+    Under data parallelism (`world_size` > 1) every rank runs the diagnostics on the losses and
+    metrics averaged over the ranks (so they agree), the StopAgreementCallback makes one stop for
+    all, and only rank 0 writes: its CheckpointCallback and W&B run are the only ones.
 
     The CheckpointCallback is added when `checkpoint_dir` is given. With `staging` (inside a
     trial) the directory only stages each checkpoint for Tune to copy into its storage, which keeps
@@ -206,12 +214,14 @@ def builtin_callbacks(run: RunConfig, *, checkpoint_dir: Path | None, staging: b
     if run.early_stopping_config.enabled:
         es = run.early_stopping_config
         callbacks.append(EarlyStoppingCallback(es.patience, es.mode, es.min_delta, es.monitor))
-    if run.checkpoint_config.enabled and checkpoint_dir is not None:
+    if world_size > 1:
+        callbacks.append(StopAgreementCallback())
+    if run.checkpoint_config.enabled and checkpoint_dir is not None and rank == 0:
         ck = run.checkpoint_config
         callbacks.append(CheckpointCallback(checkpoint_dir, ck.save_every_n_epochs, 1 if staging else ck.keep_last_k,
                                             ck.monitor, ck.mode, run_hash(run), keep_best=not staging,
                                             durable=not staging, background=not staging))
-    if run.wandb_config.enabled:
+    if run.wandb_config.enabled and rank == 0:
         wb = run.wandb_config
         init = dict(wandb_init or {})
         tags = [*wb.tags, *init.pop("tags", [])]  # the user's, then the sweep's (scheduler, sampler)
@@ -244,18 +254,25 @@ def build_run(run: RunConfig, *, device: torch.device, checkpoint_dir: Path | No
               wandb_init: dict | None = None) -> Run:
     """Seed, then build data, model, optimizer, scheduler, criterion, metrics and the Trainer with
     the built-in callbacks, the user's, then `extra_callbacks` (the runner sorts by priority).
+    When torch.distributed runs with several processes, each builds its rank's share of the data
+    and the model wrapped in DDP (`tuneloop.ranks`), and the trainer knows its rank and world size.
 
     Raises UserError (without a file name) when an import path, a keyword argument or the user's
     code is wrong, naming the key responsible.
     """
+    rank, world_size = process_group()  # (0, 1) unless torch.distributed runs (a trial on several workers)
     resolved = resolve_run(run)
-    seed_everything(run.seed)
-    loaders = build_loaders(run, *build_data(run, resolved), device, resolved)
+    seed_everything(run.seed)  # the same seed on every rank: the same initial model, the same dropout stream
+    loaders = build_loaders(run, *build_data(run, resolved), device, resolved, rank, world_size)
     model = build_model(run, resolved, device)
+    if world_size > 1:
+        model = data_parallel(model, device)
     optimizer = build_optimizer(run, resolved, model)
     scheduler = build_scheduler(run, resolved, optimizer)
     criterion = build_criterion(run, resolved)
-    callbacks = [*builtin_callbacks(run, checkpoint_dir=checkpoint_dir, staging=staging, wandb_init=wandb_init),
+    callbacks = [*builtin_callbacks(run, checkpoint_dir=checkpoint_dir, staging=staging, wandb_init=wandb_init,
+                                    rank=rank, world_size=world_size),
                  *build_user_callbacks(run, resolved), *extra_callbacks]
     trainer = build_trainer(run, resolved, model, optimizer, scheduler, criterion, callbacks, device)
+    trainer.rank, trainer.world_size = rank, world_size
     return Run(trainer, loaders.train, loaders.val, run)

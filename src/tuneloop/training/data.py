@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from tuneloop.config.schema import LoaderConfig
+from tuneloop.ranks import shard
 
 DEFAULT_OPTIONS = LoaderConfig().model_dump()  # run.loader_config's defaults
 
@@ -24,7 +25,8 @@ class TensorBatches:
     """
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int,
-                 shuffle: bool = False, seed: int = 0, device: str | torch.device = "cpu"):
+                 shuffle: bool = False, seed: int = 0, device: str | torch.device = "cpu",
+                 rank: int = 0, world_size: int = 1, even: bool = True):
         if len(inputs) != len(targets):
             raise ValueError(f"inputs and targets must have the same length, but got {len(inputs)} and {len(targets)}")
         self.device = torch.device(device)
@@ -34,18 +36,33 @@ class TensorBatches:
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self.rank, self.world_size, self.even = rank, world_size, even  # this rank's share (`tuneloop.ranks.shard`)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-len(self.targets) // self.batch_size)
+        return -(-self._samples() // self.batch_size)
+
+    def _samples(self) -> int:
+        """How many samples this rank sees per epoch."""
+        n, world = len(self.targets), self.world_size
+        if world == 1:
+            return n
+        return -(-n // world) if self.even else len(range(self.rank, n, world))
 
     def __iter__(self):
         n = len(self.targets)
         if self.shuffle:
             generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
             order = torch.randperm(n, generator=generator).to(self.device)
+        else:
+            order = None
+        if self.world_size > 1:  # the same permutation on every rank, each taking its share
+            order = shard(order if order is not None else torch.arange(n, device=self.device),
+                          self.rank, self.world_size, self.even)
+            n = len(order)
+        if order is not None:
             inputs, targets = self.inputs[order], self.targets[order]
         else:
             inputs, targets = self.inputs, self.targets
@@ -63,9 +80,13 @@ class EpochSeededDataLoader(DataLoader):
     shuffles itself) is told the epoch as well.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int, **options):
+    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int, rank: int = 0,
+                 world_size: int = 1, even: bool = True, **options):
         if isinstance(dataset, IterableDataset):
             shuffle = False  # an iterable dataset orders its own samples (DataLoader refuses shuffle=True)
+        elif world_size > 1:  # this rank's share, drawn from the same per-epoch order on every rank
+            options["sampler"] = ShardSampler(len(dataset), shuffle, rank, world_size, even)
+            shuffle = False
         super().__init__(dataset, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator(), **options)
         self.seed = seed
         self.set_epoch(0)
@@ -73,22 +94,48 @@ class EpochSeededDataLoader(DataLoader):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.generator.manual_seed(epoch_seed(self.seed, epoch))  # the sampler and the workers' seeds draw from it
+        if isinstance(self.sampler, ShardSampler):
+            self.sampler.seed = epoch_seed(self.seed, epoch)
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
 
 
+class ShardSampler(torch.utils.data.Sampler):
+    """One rank's indices of a map-style dataset (DistributedSampler's split): a permutation drawn
+    from `seed` (set per epoch by `EpochSeededDataLoader.set_epoch`), or the dataset's order, then
+    `tuneloop.ranks.shard`."""
+
+    def __init__(self, size: int, shuffle: bool, rank: int, world_size: int, even: bool):
+        self.size, self.shuffle, self.rank, self.world_size, self.even = size, shuffle, rank, world_size, even
+        self.seed = 0
+
+    def __iter__(self):
+        order = (torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed)) if self.shuffle
+                 else torch.arange(self.size))
+        return iter(shard(order, self.rank, self.world_size, self.even).tolist())
+
+    def __len__(self) -> int:
+        return len(shard(torch.arange(self.size), self.rank, self.world_size, self.even))
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, device: str | torch.device,
-                options: dict | None = None, collate_fn=None):
+                options: dict | None = None, collate_fn=None, rank: int = 0, world_size: int = 1,
+                even: bool = True):
     """`TensorBatches` for a `TensorDataset` of two tensors with the default `options` and no
     `collate_fn`, else an `EpochSeededDataLoader` with them (whose batches the Trainer moves to the
     device). `options`: DataLoader keyword arguments (`run.loader_config`); memory is pinned only
-    for a CUDA device, where it speeds up the copy."""
+    for a CUDA device, where it speeds up the copy. With `world_size` > 1 each rank iterates its
+    share (`rank`), the same number of samples on every rank when `even` (training: DDP's steps pair
+    up), else without repeats (validation: the sums over the ranks count each sample once). An
+    iterable dataset is not split: it must give each rank its own share, as many batches on each."""
     options = {**DEFAULT_OPTIONS, **(options or {})}
     if (isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2 and options == DEFAULT_OPTIONS
             and collate_fn is None):
         inputs, targets = dataset.tensors
-        return TensorBatches(inputs, targets, batch_size, shuffle=shuffle, seed=seed, device=device)
+        return TensorBatches(inputs, targets, batch_size, shuffle=shuffle, seed=seed, device=device,
+                             rank=rank, world_size=world_size, even=even)
     if options["prefetch_factor"] is None:
         del options["prefetch_factor"]
     options["pin_memory"] = options["pin_memory"] and torch.device(device).type == "cuda"
-    return EpochSeededDataLoader(dataset, batch_size, shuffle, seed, collate_fn=collate_fn, **options)
+    return EpochSeededDataLoader(dataset, batch_size, shuffle, seed, rank=rank, world_size=world_size, even=even,
+                                 collate_fn=collate_fn, **options)

@@ -98,6 +98,7 @@ def function_trainable_waiting_for_its_thread(function, timeout_s: float):
     class TuneloopTrial(wrap_function(function)):
         def cleanup(self):
             session = get_session()
+            request_stops()  # a distributed trial's workers end at their next report
             if session is not None and session.training_started and session.training_thread.is_alive():
                 session.stop_event.set()  # as Ray's own finish: the thread leaves its report
                 session.continue_lock.release()
@@ -105,6 +106,34 @@ def function_trainable_waiting_for_its_thread(function, timeout_s: float):
             super().cleanup()
 
     return TuneloopTrial
+
+
+# A distributed trial's stop flag (tuneloop.tune.distributed): the Tune trial raises it when Tune stops
+# the trial, its rank 0 worker reads it after each report. Ray's internal key-value store (in the GCS)
+# reaches both processes without an actor of its own (whose start would cost each trial seconds); the
+# public Ray Train API has no way for a Tune trial to stop its Train run.
+STOP_KEYS: list[str] = []  # the stop flags of the distributed trials running in this process
+_STOP_NAMESPACE = "tuneloop_stop"
+
+
+def request_stop(key: str) -> None:
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    _internal_kv_put(key, b"1", namespace=_STOP_NAMESPACE)
+
+
+def request_stops() -> None:
+    """Raise the stop flag of every distributed trial running in this process. (A module-level
+    function, so that the trainable class, which cloudpickle copies by value with the globals its
+    methods name, reaches this module's `STOP_KEYS`, not a copy of it.)"""
+    for key in list(STOP_KEYS):
+        request_stop(key)
+
+
+def stop_requested(key: str) -> bool:
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    return _internal_kv_get(key, namespace=_STOP_NAMESPACE) is not None
 
 
 CHECKPOINT_LOGGER = "ray.train._internal.storage"  # logs "Checkpoint successfully created" per checkpoint

@@ -52,13 +52,16 @@ def local_ray(address: str | None) -> bool:
     return not ray.is_initialized()
 
 
-def ensure_ray(address: str | None, *, trial_log=None, tune_trials: bool = False, preload: str | None = None) -> bool:
+def ensure_ray(address: str | None, *, trial_log=None, tune_trials: bool = False, preload: str | None = None,
+               state_api: bool = False) -> bool:
     """Connect to `address` (or start an embedded local Ray) with the Tune settings applied; True
     when this call started Ray. `trial_log` (a `tuneloop.tune.trial_log.TrialLog`): the trials' own
     output goes there, prefixed by trial id, instead of Ray's worker lines (None: Ray prints them).
     `tune_trials`: Tune's trials will run there (an embedded local Ray's then go to the idle workers
     it started with: `_compat.inherit_trial_environment`; `stop_ray` undoes that). `preload`
-    (`tuneloop.tune.preload.preload_value`): what those workers import as they start."""
+    (`tuneloop.tune.preload.preload_value`): what those workers import as they start. `state_api`:
+    an embedded local Ray starts its dashboard process (on a free port), which serves Ray's State
+    API: Ray Train's placement-group cleaner needs it (distributed trials, `tuneloop.tune.distributed`)."""
     import ray
 
     apply_tune_settings()
@@ -67,6 +70,8 @@ def ensure_ray(address: str | None, *, trial_log=None, tune_trials: bool = False
     if ray.is_initialized():
         return False
     options, environment = {}, {}
+    if state_api:
+        options.update(include_dashboard=True, dashboard_port=0)
     if tune_trials and ray_address(address) == "local":
         environment.update(_compat.inherit_trial_environment())
         if preload is not None:
@@ -76,8 +81,8 @@ def ensure_ray(address: str | None, *, trial_log=None, tune_trials: bool = False
             environment[preloading.ENV] = preload
     try:
         with _quiet_token_auth_notice(), _interrupt_after(), _environment(environment):
-            ray.init(address=ray_address(address), include_dashboard=False, log_to_driver=True,
-                     configure_logging=True, logging_level="WARNING", **options)
+            ray.init(address=ray_address(address), log_to_driver=True, configure_logging=True,
+                     logging_level="WARNING", **{"include_dashboard": False, **options})
     except BaseException:
         _compat.propagate_trial_environment()
         raise

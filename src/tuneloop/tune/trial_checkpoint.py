@@ -25,6 +25,14 @@ def _checkpoints_in(filesystem, directory: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def newest_in(filesystem, directory: str):
+    """The `ray.tune.Checkpoint` of the newest `checkpoint_<N>` directory in `directory`, or None."""
+    from ray.tune import Checkpoint
+
+    found = _checkpoints_in(filesystem, directory)
+    return Checkpoint(found[-1][1], filesystem=filesystem) if found else None
+
+
 def _siblings(checkpoint) -> list[tuple[int, str]]:
     """(index, path) of every `checkpoint_<N>` directory beside `checkpoint` (its trial's), sorted."""
     return _checkpoints_in(checkpoint.filesystem, checkpoint.path.rstrip("/").rpartition("/")[0])
