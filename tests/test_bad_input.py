@@ -361,6 +361,9 @@ CASES = [
     Case("more_cpus_than_the_machine", sweep_(resources_per_trial={"cpu": 4096, "gpu": 0}),
          "sweep.resources_per_trial.cpu", "must hold (this machine has", "cpu=4096",
          commands=SWEEP),
+    Case("workers_without_the_distributed_extra", sweep_(resources_per_trial={"workers": 2, "cpu": 0.5}),
+         "sweep.resources_per_trial.workers", "workers > 1 needs Ray's State API, which is not installed: "
+         "pip install 'tuneloop[distributed]'", "workers=2", commands=SWEEP),
     Case("more_gpus_than_the_machine", sweep_(resources_per_trial={"cpu": 1, "gpu": 64}),
          "sweep.resources_per_trial.gpu", "CUDA GPU(s) here; the sweep runs on an embedded local Ray",
          "gpu=64", commands=SWEEP),
@@ -421,6 +424,11 @@ def no_ray(monkeypatch, no_ray_running):
 def skip_if_not_applicable(case: Case) -> None:
     if case.id == "storage_path_read_only" and os.geteuid() == 0:
         pytest.skip("root writes anywhere: the read-only case needs an ordinary user (the file case runs)")
+    if case.id == "workers_without_the_distributed_extra":
+        from tuneloop.tune.distributed import state_api_installed
+
+        if state_api_installed():
+            pytest.skip("the distributed extra (ray[default]) is installed here")
     if case.id == "more_gpus_than_the_machine":
         import torch
 

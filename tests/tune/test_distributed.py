@@ -17,8 +17,11 @@ import yaml
 from tl_ray import ray_processes_after
 from tl_sweeps import launch, probe_experiment, run_sweep, running, study_of, trial_rows
 from tuneloop import cli
+from tuneloop.tune.distributed import state_api_installed
 
-pytestmark = [pytest.mark.distributed, pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.distributed, pytest.mark.ray, pytest.mark.slow,
+              pytest.mark.skipif(not state_api_installed(), reason="needs the distributed extra (ray[default]): "
+                                 "pip install -e '.[distributed]' -c requirements/constraints.txt")]
 
 WORKERS = {"workers": 2, "cpu": 0.5, "gpu": 0}
 

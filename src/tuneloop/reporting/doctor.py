@@ -34,10 +34,12 @@ def facts() -> tuple[list[tuple[str, str]], list[str]]:
     import ray
 
     lines.append(("ray", ray.__version__))
-    state_api = _state_api_installed()
+    from tuneloop.tune.distributed import state_api_installed
+
+    state_api = state_api_installed()
     lines.append(("ray State API", "installed (ray[default])" if state_api else "missing"))
     if not state_api:
-        warnings.append("Ray's State API is missing (pip install 'ray[default]'): a distributed trial "
+        warnings.append("Ray's State API is missing (pip install 'tuneloop[distributed]'): a distributed trial "
                         "(sweep.resources_per_trial.workers > 1) stopped by a scheduler would keep its "
                         "workers' CPUs held, and later trials would never start")
     try:
@@ -94,14 +96,6 @@ def cluster_facts(address: str) -> tuple[list[tuple[str, str]], list[str]]:
     finally:
         ray.shutdown()
     return lines, warnings
-
-
-def _state_api_installed() -> bool:
-    """Whether `ray[default]` is installed: the dashboard's server that answers Ray's State API
-    (Ray Train's placement-group cleaner asks it whether a Train run's controller is alive)."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(module) is not None for module in ("aiohttp", "aiohttp_cors", "opencensus"))
 
 
 def _nvidia_present() -> bool:

@@ -152,7 +152,7 @@ def check_local_resources(cfg: ExperimentConfig) -> None:
     the Train run's driver (`tuneloop.tune.distributed.trial_demand`)."""
     import torch
 
-    from tuneloop.tune.distributed import trial_demand
+    from tuneloop.tune.distributed import state_api_installed, trial_demand
 
     cpus = _compat.detected_cpus()  # what Ray will detect (cgroup limits included)
     gpus = torch.cuda.device_count()
@@ -165,6 +165,10 @@ def check_local_resources(cfg: ExperimentConfig) -> None:
                             f"and workers x gpu <= {gpus} must hold (this machine has {cpus} CPUs and {gpus} GPUs; "
                             f"{hint})", key="sweep.resources_per_trial",
                             value=Verbatim(f"workers={need.workers}, cpu={need.cpu:g}, gpu={need.gpu:g}"))
+        if not state_api_installed():
+            raise UserError("workers > 1 needs Ray's State API, which is not installed: "
+                            "pip install 'tuneloop[distributed]' (it adds ray[default])",
+                            key="sweep.resources_per_trial.workers", value=Verbatim(f"workers={need.workers}"))
         return
     if need.cpu > cpus:
         raise UserError(f"cpu <= {cpus} must hold (this machine has {cpus} CPUs; {hint})",

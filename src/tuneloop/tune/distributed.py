@@ -43,6 +43,15 @@ TRAIN_SETTINGS = {
 TRAIN_DIR = "train"  # the Train run's directory (checkpoints, its state) inside the trial's directory
 
 
+def state_api_installed() -> bool:
+    """Whether `ray[default]` is installed (`pip install 'tuneloop[distributed]'`): the dashboard's
+    server that answers Ray's State API, which Ray Train's placement-group cleaner asks whether a
+    Train run's controller is alive."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(module) is not None for module in ("aiohttp", "aiohttp_cors", "opencensus"))
+
+
 # --- resource arithmetic (no Ray) -------------------------------------------------------------------
 
 def trial_demand(need) -> tuple[float, float]:
