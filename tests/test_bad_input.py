@@ -22,6 +22,7 @@ from typing import Callable
 import pytest
 import yaml
 
+from tl_s3 import free_port
 from tuneloop import cli
 
 FILE = "exp.yaml"
@@ -364,6 +365,18 @@ CASES = [
     Case("workers_without_the_distributed_extra", sweep_(resources_per_trial={"workers": 2, "cpu": 0.5}),
          "sweep.resources_per_trial.workers", "workers > 1 needs Ray's State API, which is not installed: "
          "pip install 'tuneloop[distributed]'", "workers=2", commands=SWEEP),
+    Case("unknown_logger", sweep_(loggers=["tensorbord"]), "sweep.loggers.0.name", "must be one of the valid choices",
+         "'tensorbord'", ("'tensorboard'", "'mlflow'")),
+    Case("mlflow_option_of_another_logger",
+         sweep_(loggers=[{"name": "tensorboard", "tracking_uri": "http://127.0.0.1:5000"}]),
+         "sweep.loggers.0.tracking_uri", "is an option of the mlflow logger only (name: mlflow), not of tensorboard",
+         "'http://127.0.0.1:5000'"),
+    Case("mlflow_logger_without_mlflow", sweep_(loggers=["tensorboard", "mlflow"]), "sweep.loggers.1.name",
+         "the mlflow logger needs MLflow, which is not installed: pip install 'tuneloop[mlflow]'", "'mlflow'"),
+    Case("mlflow_tracking_server_unreachable",
+         lambda r, s, c: s.update(loggers=[{"name": "mlflow", "tracking_uri": f"http://127.0.0.1:{free_port()}"}]),
+         "sweep.loggers.0.tracking_uri", "must be an MLflow tracking server this machine can reach (",
+         "'http://127.0.0.1:"),
     Case("more_gpus_than_the_machine", sweep_(resources_per_trial={"cpu": 1, "gpu": 64}),
          "sweep.resources_per_trial.gpu", "CUDA GPU(s) here; the sweep runs on an embedded local Ray",
          "gpu=64", commands=SWEEP),
@@ -442,6 +455,8 @@ def test_bad_input(case, command, tmp_path, monkeypatch, capsys, no_ray, request
     if command not in case.commands:
         pytest.skip(f"`tuneloop {command}` does not check this (it is about running a sweep)")
     skip_if_not_applicable(case)
+    if case.id == "mlflow_logger_without_mlflow":  # `import mlflow` fails, as where the extra is not installed
+        monkeypatch.setitem(sys.modules, "mlflow", None)
     ctx = {"s3_endpoint": request.getfixturevalue("s3_endpoint")} if case.id.startswith("s3_bucket") else {}
     monkeypatch.chdir(tmp_path)
     (tmp_path / FILE).write_text(experiment_text(case, ctx))

@@ -25,6 +25,7 @@ from tuneloop._io import atomic_write_bytes
 # CSVLoggerCallback's rows, a failed trial's traceback) and tuneloop's record of every epoch.
 TRIAL_RESULTS, TRIAL_PROGRESS, TRIAL_ERROR = "result.json", "progress.csv", "error.txt"
 METRICS_FILE = "metrics.csv"
+MLFLOW_DB = "mlflow.db"  # sweep.loggers' MLflow store in the experiment directory, unless a tracking_uri names another
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import platform
+import sys
 
 import ray
 import torch
@@ -26,8 +27,20 @@ def test_doctor_prints_the_stack_and_warns_about_online_wandb_without_a_key(caps
     assert facts["ray State API"].strip() == ("installed (ray[default])" if installed else "missing")
     assert ("pip install 'tuneloop[distributed]'" in out) != installed  # the extra for distributed trials
     assert ("GPUs" in facts) != torch.cuda.is_available()
+    import mlflow  # the dev extra's: the trackers of sweep.loggers
+    import tensorboardX
+
+    assert facts["mlflow"].strip() == mlflow.__version__ and facts["tensorboardX"].strip() == tensorboardX.__version__
     assert "warning: WANDB_MODE=online but no WANDB_API_KEY" in out
     assert not ray.is_initialized()  # without --address nothing of Ray is started
+
+
+def test_doctor_names_the_extra_of_a_missing_tracker(capsys, monkeypatch, no_ray_running):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` fails, as without the extra
+    assert cli.main(["doctor"]) == 0
+    facts = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines() if not line.startswith("warning:"))
+    assert facts["mlflow"].strip() == ("not installed (sweep.loggers: [mlflow] needs it: "
+                                       "pip install 'tuneloop[mlflow]')")
 
 
 def test_doctor_lists_the_nodes_of_a_running_cluster(capsys, ray_cluster):

@@ -269,11 +269,12 @@ def test_a_killed_driver_whose_snapshot_lagged_loses_no_epoch(tmp_path, ray_tmp,
     """Tune snapshots the experiment only now and then (here: once, at the start, before any
     checkpoint). The driver is SIGKILLed with the trial 4 epochs in: the resumed trial continues
     from its own newest checkpoint (epoch 3) instead of epoch 0, sends Tune the 4 reports its
-    snapshot lost, and its history, metrics.csv and the study hold every epoch once."""
+    snapshot lost, and its history, metrics.csv, the study and its MLflow run hold every epoch once."""
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "3600")
     gate, log = tmp_path / "gate", tmp_path / "epochs.jsonl"
     gate.touch()
-    experiment = probe_experiment(tmp_path, epochs=6, num_samples=1, max_concurrent_trials=1)
+    experiment = probe_experiment(tmp_path, epochs=6, num_samples=1, max_concurrent_trials=1,
+                                  loggers=["mlflow"])  # its default store: mlflow.db in the experiment directory
     experiment["run"]["checkpoint_config"]["save_every_n_epochs"] = 1
     experiment["run"]["callbacks"] = [{"class": "tl_testing.EpochLog", "path": str(log)},
                                       {"class": "tl_chaos.Gate", "gate": str(gate), "from_epoch": 4}]
@@ -310,3 +311,12 @@ def test_a_killed_driver_whose_snapshot_lagged_loses_no_epoch(tmp_path, ray_tmp,
     assert [trial.intermediate_values[e] for e in range(6)] == [r["val_loss"] for r in rows]
     assert sorted(p.name for p in result.parent.glob("checkpoint_*"))[-2:] == ["checkpoint_000004",
                                                                              "checkpoint_000005"]
+    # the resumed driver went on with the trial's MLflow run: one run, every epoch once, complete
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{directory / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("probe").experiment_id])
+    assert run.data.tags["tune_trial_id"] == result.parent.name.removeprefix("trial_")
+    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    assert sorted(history) == [(r["epoch"], r["val_loss"]) for r in rows]
+    assert run.data.tags["tuneloop.state"] == "complete" and run.info.status == "FINISHED"

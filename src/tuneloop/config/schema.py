@@ -313,6 +313,32 @@ class ResourcesConfig(Strict):
         return gpu
 
 
+LOGGERS = ("tensorboard", "mlflow")  # sweep.loggers (tuneloop.tune.loggers)
+
+
+class LoggerConfig(Strict):
+    """A tracker fed on the driver by one of Ray Tune's logger callbacks; `tensorboard` is the same
+    as `{name: tensorboard}`. The MLflow options default to MLFLOW_TRACKING_URI (else an SQLite
+    store in the experiment directory) and `run.name`."""
+
+    name: Literal[LOGGERS]
+    tracking_uri: str | None = None     # mlflow only
+    experiment_name: str | None = None  # mlflow only
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_name_alone(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _options_of_mlflow(self) -> "LoggerConfig":
+        for option in ("tracking_uri", "experiment_name"):
+            if getattr(self, option) is not None and self.name != "mlflow":
+                raise _KeyedError(option, f"is an option of the mlflow logger only (name: mlflow), not of "
+                                  f"{self.name}", getattr(self, option))
+        return self
+
+
 class SweepConfig(Strict):
     metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
@@ -329,6 +355,7 @@ class SweepConfig(Strict):
     search_space: dict[str, Param] = {}
     points_to_evaluate: list[dict[str, Any]] = []  # configurations run first: {dotted key: value}
     warm_start_from: str | None = None  # an earlier sweep's experiment directory: its finished trials seed the study
+    loggers: list[LoggerConfig] = []    # trackers beside result.json: tensorboard, mlflow (W&B: run.wandb_config)
 
     def params(self) -> dict[str, Any]:
         """Every searched parameter by dotted key, the conditional ones included."""
@@ -344,6 +371,15 @@ class SweepConfig(Strict):
                               f"scheduler (it pauses or clones trials from Tune's checkpoints, and a distributed "
                               f"trial's are its Train run's; {allowed} stop trials without pausing them)",
                               self.resources_per_trial.workers)
+        return self
+
+    @model_validator(mode="after")
+    def _each_logger_once(self) -> "SweepConfig":
+        names = [logger.name for logger in self.loggers]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise _KeyedError(f"loggers.{index}.name", "each logger must be named once", name,
+                                  [n for n in LOGGERS if n not in names])
         return self
 
     @model_validator(mode="after")

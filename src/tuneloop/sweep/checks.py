@@ -21,9 +21,10 @@ from tuneloop.tune import _compat
 
 def check_experiment(cfg: ExperimentConfig, *, device: str | None = "cpu") -> dict:
     """What `validate` checks and a sweep checks before Ray starts: import paths and keyword
-    arguments (every branch of the search space), the sampler and the scheduler's arguments, then
-    one training batch (the preflight, on `device`; a sweep's on the CPU: cheap). Its report, with
-    `modules`: the modules these checks imported, in order (what a trial will import too)."""
+    arguments (every branch of the search space), the sampler and the scheduler's arguments, the
+    trackers (`check_loggers`), then one training batch (the preflight, on `device`; a sweep's on the
+    CPU: cheap). Its report, with `modules`: the modules these checks imported, in order (what a trial
+    will import too)."""
     import sys
 
     from tuneloop.config import check_imports
@@ -33,6 +34,7 @@ def check_experiment(cfg: ExperimentConfig, *, device: str | None = "cpu") -> di
     before = set(sys.modules)
     check_imports(cfg)
     check_scheduler(cfg)
+    check_loggers(cfg)
     report = preflight(cfg, device=device)
     report["modules"] = [name for name in list(sys.modules) if name not in before]
     return report
@@ -54,6 +56,23 @@ def check_search_space(cfg: ExperimentConfig) -> None:
                                 "itself, without Optuna's sampler)", key=f"sweep.{key}",
                                 value=Verbatim("a conditional space" if key == "search_space" else
                                                str(getattr(sweep, key))), choices=["asha", "pfl", "fifo"])
+
+
+def check_loggers(cfg: ExperimentConfig) -> None:
+    """Each tracker of `sweep.loggers` can run: its package is installed, and an MLflow tracking
+    server named by URL answers (an SQLite or file store is created by the first run)."""
+    from tuneloop.tune.loggers import mlflow_installed, tracking_server_error
+
+    for index, spec in enumerate(cfg.sweep.loggers):
+        if spec.name == "mlflow" and not mlflow_installed():
+            raise UserError("the mlflow logger needs MLflow, which is not installed: pip install 'tuneloop[mlflow]'",
+                            key=f"sweep.loggers.{index}.name", value="mlflow")
+        uri = spec.tracking_uri or (os.environ.get("MLFLOW_TRACKING_URI") if spec.name == "mlflow" else None)
+        problem = tracking_server_error(uri) if uri else None
+        if problem:
+            where = "tracking_uri" if spec.tracking_uri else "tracking_uri (from MLFLOW_TRACKING_URI)"
+            raise UserError(f"must be an MLflow tracking server this machine can reach ({problem})",
+                            key=f"sweep.loggers.{index}.{where}", value=uri)
 
 
 def check_new_experiment(cfg: ExperimentConfig, directory: Path, storage: Storage, *, overwrite: bool) -> None:

@@ -3,8 +3,9 @@
 Experiment directory `<storage_path>/<run.name>/`: Tune's files, one directory per trial
 (`trial_<id>/`), the Optuna study (`optuna.db`, unless `sweep.optuna_storage` names another
 SQLAlchemy URL), `experiment.yaml` (the validated experiment), `results.csv`, `best.yaml`, the
-schedulers' state files and `sweep_done`. With `storage_path: s3://...` the driver's files are in
-`<local_dir>/<run.name>/` and copied to the storage at the end of each run (`tuneloop.storage`).
+schedulers' state files, `sweep_done`, and `mlflow.db` with `sweep.loggers: [mlflow]` (no tracking_uri).
+With `storage_path: s3://...` the driver's files are in `<local_dir>/<run.name>/` and copied to the
+storage at the end of each run (`tuneloop.storage`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from tuneloop.config.schedulers import STATE_FILES
 from tuneloop.config.schema import ExperimentConfig
-from tuneloop.storage import Storage, SweepPlace, is_remote
+from tuneloop.storage import MLFLOW_DB, Storage, SweepPlace, is_remote
 
 EXPERIMENT_FILE = "experiment.yaml"  # the validated experiment
 STUDY_FILE = "optuna.db"  # the Optuna study, unless sweep.optuna_storage names another
@@ -22,7 +23,7 @@ BEST_FILE = "best.yaml"  # a complete experiment file of the best trial
 DONE_FILE = "sweep_done"  # written once every trial of the sweep has ended
 LOCK_FILE = ".tuneloop.lock"  # held by the one driver of the directory (tuneloop.sweep.locking)
 # the driver's files, copied to a remote storage at the end of every run (and fetched by a resume)
-DRIVER_FILES = (EXPERIMENT_FILE, STUDY_FILE, RESULTS_FILE, BEST_FILE, DONE_FILE, *STATE_FILES)
+DRIVER_FILES = (EXPERIMENT_FILE, STUDY_FILE, MLFLOW_DB, RESULTS_FILE, BEST_FILE, DONE_FILE, *STATE_FILES)
 
 
 def experiment_dir(cfg: ExperimentConfig) -> Path:

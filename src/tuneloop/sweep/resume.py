@@ -15,6 +15,7 @@ from tuneloop.config.errors import UserError
 from tuneloop.config.loading import load_experiment
 from tuneloop.config.schema import ExperimentConfig
 from tuneloop.storage import Storage, is_remote
+from tuneloop.sweep.checks import check_loggers
 from tuneloop.sweep.paths import DONE_FILE, DRIVER_FILES, EXPERIMENT_FILE, experiment_dir, sweep_place
 from tuneloop.sweep.run import drive, holding, interrupted_early, tune_state_exists
 
@@ -53,6 +54,7 @@ def _resume(cfg: ExperimentConfig, place, directory: Path, target, *, address: s
         if not tune_state_exists(cfg, place):
             raise UserError("is not a tuneloop sweep directory (no Tune state in its storage)",
                             key="EXPERIMENT_DIR", value=place.storage.uri)
+        check_loggers(cfg)
         try:
             damaged = repair(place.storage)
         except RuntimeError as exc:

@@ -77,6 +77,7 @@ def build_tuner(cfg: ExperimentConfig, place: SweepPlace):
     from tuneloop.sweep.progress import SweepProgress
     from tuneloop.tune import _compat
     from tuneloop.tune.driver_memory import TrimHeap
+    from tuneloop.tune.loggers import build_loggers
     from tuneloop.tune.retention import KeepCheckpoints
     from tuneloop.tune.schedulers import build_scheduler
     from tuneloop.tune.search_space import to_tune
@@ -117,7 +118,8 @@ def build_tuner(cfg: ExperimentConfig, place: SweepPlace):
         # a distributed trial's actor only waits for its Train run (whose start-up dwarfs the actor's): not reused
         reuse_actors=sweep.resources_per_trial.workers == 1,
         trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname)
-    callbacks += _compat.trial_loggers()  # result.json and progress.csv (no TensorBoard files)
+    callbacks += _compat.trial_loggers()  # result.json and progress.csv
+    callbacks += build_loggers(cfg)  # sweep.loggers: TensorBoard, MLflow
     storage_path, storage_filesystem = tune_storage(sweep)
     run_config = tune.RunConfig(
         name=run.name, storage_path=storage_path, storage_filesystem=storage_filesystem, callbacks=callbacks,

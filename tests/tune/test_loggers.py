@@ -1,0 +1,92 @@
+"""`sweep.loggers`: TensorBoard event files and MLflow runs per trial, read back with TensorBoard's
+own event reader and `mlflow.search_runs` from a real `mlflow server` on 127.0.0.1, against each
+trial's `result.json`, `results.csv` and the Optuna study. (MLflow's default SQLite store across a
+killed driver and `tuneloop resume`: tests/sweep/test_resume.py.)"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tl_s3 import free_port
+from tl_sweeps import probe_experiment, run_sweep, study_of, trial_rows
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+EPOCHS = 4
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` on 127.0.0.1 with an SQLite store in tmp_path; its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              # no job runners (seven `huey` processes importing MLflow): runs and metrics only
+                              env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it started, in its own session
+        server.wait(timeout=30)
+
+
+def test_tensorboard_and_mlflow_hold_each_trial_as_the_study_does(tmp_path, mlflow_server):
+    import mlflow
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    experiment = probe_experiment(tmp_path, epochs=EPOCHS, num_samples=4,
+                                  scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
+                                  loggers=["tensorboard", {"name": "mlflow", "tracking_uri": mlflow_server,
+                                                           "experiment_name": "probe-runs"}])
+    status, directory = run_sweep(tmp_path, experiment)
+    assert status == 0
+    histories = {name.removeprefix("trial_"): rows for name, rows in trial_rows(directory).items()}
+    with open(directory / "results.csv") as handle:
+        states = {row["trial_id"]: row["state"] for row in csv.DictReader(handle)}
+    assert set(states) == set(histories) and len(histories) == 4
+    assert "pruned" in states.values() and "complete" in states.values()  # ASHA stopped some, not all
+
+    # TensorBoard: each trial's directory holds its reports, by Tune's training iteration
+    for trial_id, rows in histories.items():
+        events = EventAccumulator(str(directory / f"trial_{trial_id}"))
+        events.Reload()
+        logged = [(e.step, e.value) for e in events.Scalars("ray/tune/val_loss")]
+        assert logged == [(r["training_iteration"], pytest.approx(r["val_loss"], rel=1e-6)) for r in rows]
+
+    # MLflow: one run per trial, every epoch once, the searched parameter, the study's final state
+    mlflow.set_tracking_uri(mlflow_server)
+    runs = mlflow.search_runs(experiment_names=["probe-runs"])
+    assert sorted(runs["tags.tune_trial_id"]) == sorted(histories)
+    client = mlflow.MlflowClient(mlflow_server)
+    status_of = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+    for _, run in runs.iterrows():
+        rows = histories[run["tags.tune_trial_id"]]
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run["run_id"], "val_loss"))
+        assert history == [(r["epoch"], r["val_loss"]) for r in rows]
+        assert float(run["params.optimizer_config.lr"]) == rows[0]["config"]["optimizer_config.lr"]
+        state = states[run["tags.tune_trial_id"]]
+        assert run["tags.tuneloop.state"] == state and run["status"] == status_of[state]
+    study_states = Counter(t.state.name.lower() for t in study_of(directory).trials)
+    assert Counter(runs["tags.tuneloop.state"]) == study_states
+    assert not (directory / "mlflow.db").exists()  # the server's store, not the default one
