@@ -365,6 +365,10 @@ CASES = [
     Case("workers_without_the_distributed_extra", sweep_(resources_per_trial={"workers": 2, "cpu": 0.5}),
          "sweep.resources_per_trial.workers", "workers > 1 needs Ray's State API, which is not installed: "
          "pip install 'tuneloop[distributed]'", "workers=2", commands=SWEEP),
+    Case("grace_period_past_the_last_epoch", sweep_(scheduler={"name": "asha", "grace_period": 2}),
+         "sweep.scheduler.grace_period", "grace_period < run.epochs must hold (a trial is first compared with the "
+         "others after grace_period epochs; at or past its last epoch none is ever stopped)",
+         "grace_period=2, run.epochs=2"),
     Case("unknown_logger", sweep_(loggers=["tensorbord"]), "sweep.loggers.0.name", "must be one of the valid choices",
          "'tensorbord'", ("'tensorboard'", "'mlflow'")),
     Case("mlflow_option_of_another_logger",

@@ -51,7 +51,7 @@ def mlflow_server(tmp_path):
         server.wait(timeout=30)
 
 
-def test_tensorboard_and_mlflow_hold_each_trial_as_the_study_does(tmp_path, mlflow_server):
+def test_tensorboard_and_mlflow_hold_each_trial_as_the_study_does(tmp_path, mlflow_server, monkeypatch):
     import mlflow
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -59,8 +59,10 @@ def test_tensorboard_and_mlflow_hold_each_trial_as_the_study_does(tmp_path, mlfl
                                   scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
                                   loggers=["tensorboard", {"name": "mlflow", "tracking_uri": mlflow_server,
                                                            "experiment_name": "probe-runs"}])
+    environment = os.environ.get("MLFLOW_TRACKING_URI")
     status, directory = run_sweep(tmp_path, experiment)
     assert status == 0
+    assert os.environ.get("MLFLOW_TRACKING_URI") == environment  # nothing process-wide: a second sweep is unaffected
     histories = {name.removeprefix("trial_"): rows for name, rows in trial_rows(directory).items()}
     with open(directory / "results.csv") as handle:
         states = {row["trial_id"]: row["state"] for row in csv.DictReader(handle)}
@@ -75,7 +77,7 @@ def test_tensorboard_and_mlflow_hold_each_trial_as_the_study_does(tmp_path, mlfl
         assert logged == [(r["training_iteration"], pytest.approx(r["val_loss"], rel=1e-6)) for r in rows]
 
     # MLflow: one run per trial, every epoch once, the searched parameter, the study's final state
-    mlflow.set_tracking_uri(mlflow_server)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # not mlflow.set_tracking_uri: it outlives the test
     runs = mlflow.search_runs(experiment_names=["probe-runs"])
     assert sorted(runs["tags.tune_trial_id"]) == sorted(histories)
     client = mlflow.MlflowClient(mlflow_server)

@@ -248,12 +248,6 @@ def __getattr__(name):  # unpickling a sweep's loggers builds the classes first 
     raise AttributeError(name)
 
 
-def mlflow_experiment_id(callback) -> str:
-    """The MLflow experiment MLflowLoggerCallback's `setup` chose (MLFLOW_EXPERIMENT_ID, else its
-    experiment_name, created if new): its helper `mlflow_util` holds it; no public accessor."""
-    return callback.mlflow_util.experiment_id
-
-
 # --- Tune's experiment state on storage ---------------------------------------------------------
 
 # The files of Tune's experiment snapshot (Tune restores the newest of each name); not a public format.

@@ -1,6 +1,6 @@
 """`MLflowTracker`: one MLflow run per trial of a sweep (`sweep.loggers: [mlflow]`).
 
-Tune's `MLflowLoggerCallback` (its tracking URI and experiment set-up), with what it lacks:
+Tune's `MLflowLoggerCallback` (its options), with what it lacks:
 - the store: `tracking_uri`, else MLFLOW_TRACKING_URI, else `sqlite:///<experiment dir>/mlflow.db`;
 - each report's numbers in one `log_batch` call, step = epoch (Optuna's step), every MLflow call in
   one background thread in the order Tune made them (Tune's makes one call per number, on the
@@ -25,7 +25,6 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from tuneloop.outcome import COMPLETE, FAILED, PRUNED, outcome
 from tuneloop.storage import MLFLOW_DB, SweepPlace
-from tuneloop.tune import _compat
 
 logger = logging.getLogger(__name__)
 
@@ -72,17 +71,20 @@ class MLflowTracker(MLflowLoggerCallback):
         self._runs: dict[str, str] = {}  # trial id → MLflow run id (the worker thread's)
         self._logged_epoch: dict[str, float] = {}  # trial id → last epoch logged (the worker thread's)
         self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneloop-mlflow")
-        self._submit(self._connect, *args, **kwargs)
+        self._submit(self._connect)
 
-    def _connect(self, *args, **kwargs) -> None:
-        """In the worker thread (creating a new SQLite store takes a second or two): Tune's set-up
-        (the tracking URI, the experiment, created if new), then a client of our own."""
+    def _connect(self) -> None:
+        """In the worker thread (creating a new SQLite store takes a second or two): a client of the
+        tracking URI, and the experiment `experiment_name`, created if new. Not Tune's set-up: its
+        `mlflow.set_tracking_uri` is process-wide and MLflow writes it into MLFLOW_TRACKING_URI, so a
+        second sweep in the same process (the Python API, a notebook) would log into the first's store."""
         from mlflow import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial MLflow database tables"
-        super().setup(*args, **kwargs)
-        self._experiment_id = _compat.mlflow_experiment_id(self)
-        self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        self._experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.experiment_name)
+        self._client = client
 
     def log_trial_start(self, trial):
         self._submit(self._start_run, trial.trial_id, str(trial), dict(trial.config))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from tuneloop.config.errors import UserError
+from tuneloop.config.errors import UserError, Verbatim
 from tuneloop.config.imports import check_kwargs, resolve
 from tuneloop.config.schedulers import REGISTRY
 from tuneloop.config.schema import ExperimentConfig
@@ -70,6 +70,11 @@ def check_scheduler(cfg: ExperimentConfig) -> None:
                                 choices=list(cfg.sweep.search_space))
     check_kwargs(cls, kwargs, key="sweep.scheduler", path=f"{scheduler.name} scheduler ({cls.__name__})",
                  supplied=reserved, check_required=False, strict=True)
+    grace, epochs = kwargs.get("grace_period"), cfg.run.epochs
+    if isinstance(grace, (int, float)) and grace >= epochs and "epochs" not in cfg.sweep.params():
+        raise UserError("grace_period < run.epochs must hold (a trial is first compared with the others after "
+                        "grace_period epochs; at or past its last epoch none is ever stopped)",
+                        key="sweep.scheduler.grace_period", value=Verbatim(f"grace_period={grace:g}, run.epochs={epochs}"))
     if scheduler.name == "pfl":
         if kwargs.get("predictor", SWEEP_PREDICTOR) not in PREDICTORS:
             raise UserError("must name a predictor", key="sweep.scheduler.predictor", value=kwargs["predictor"],
