@@ -60,6 +60,19 @@ def launch(args: list[str], ray_tmp: str, cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def launch_until_gated(path: Path, gate: Path, ray_tmp: str, cwd: Path, *, waiters: int = 1) -> subprocess.Popen:
+    """`tuneloop sweep PATH --quiet`, returned once `waiters` processes wait at the tl_chaos.Gate
+    `gate` (its `.waits` file has a line per waiter); fails with the driver's output if it ended first."""
+    driver = launch(["sweep", str(path), "--quiet"], ray_tmp, cwd)
+    waits = Path(f"{gate}.waits")
+    deadline = time.monotonic() + 180
+    while (not waits.exists() or len(waits.read_text().splitlines()) < waiters) and driver.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert waits.exists(), driver.communicate(timeout=60)[0]
+    return driver
+
+
 def epochs_logged(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 

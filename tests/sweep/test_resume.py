@@ -20,7 +20,7 @@ import yaml
 
 from tl_ray import ray_processes_after
 from tl_sweeps import (damage_searcher_state, epochs_logged, interrupt_after, interruptible_experiment, launch,
-                       probe_experiment, restored_epochs, rework_allowed)
+                       launch_until_gated, probe_experiment, restored_epochs, rework_allowed)
 
 TRIALS, EPOCHS = 6, 8
 
@@ -282,12 +282,7 @@ def test_a_killed_driver_whose_snapshot_lagged_loses_no_epoch(tmp_path, ray_tmp,
     path.write_text(yaml.safe_dump(experiment))
     directory = tmp_path / "results" / "probe"
 
-    driver = launch(["sweep", str(path), "--quiet"], ray_tmp, tmp_path)
-    waits = Path(f"{gate}.waits")
-    deadline = time.monotonic() + 180
-    while not waits.exists() and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert waits.exists(), driver.communicate(timeout=60)[0]
+    driver = launch_until_gated(path, gate, ray_tmp, tmp_path)
     os.kill(driver.pid, signal.SIGKILL)
     driver.communicate(timeout=60)
     assert not ray_processes_after(ray_tmp)

@@ -9,13 +9,14 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
 from tl_ray import ray_processes_after
-from tl_sweeps import launch, probe_experiment, run_sweep, running, study_of, trial_rows
+from tl_sweeps import launch, launch_until_gated, probe_experiment, run_sweep, running, study_of, trial_rows
 from tuneloop import cli
 from tuneloop.tune.distributed import state_api_installed
 
@@ -117,8 +118,6 @@ def test_a_killed_driver_and_tuneloop_resume_continue_a_distributed_trial_from_i
     """The driver SIGKILLed while both ranks wait at the start of epoch 2 (the Train run's checkpoint
     of epoch 1 written): nothing of its Ray is left, and `tuneloop resume` continues the trial from
     that checkpoint — every epoch trained once per rank, a contiguous history, a COMPLETE trial."""
-    from pathlib import Path
-
     gate, log = tmp_path / "gate", tmp_path / "ranks.jsonl"
     gate.touch()
     experiment = distributed_experiment(tmp_path, num_samples=1, max_concurrent_trials=1, scheduler={"name": "fifo"})
@@ -128,19 +127,14 @@ def test_a_killed_driver_and_tuneloop_resume_continue_a_distributed_trial_from_i
     path.write_text(yaml.safe_dump(experiment))
     directory = tmp_path / "results" / "probe"
 
-    driver = launch(["sweep", str(path), "--quiet"], ray_tmp, tmp_path)
-    waits = Path(f"{gate}.waits")
+    driver = launch_until_gated(path, gate, ray_tmp, tmp_path, waiters=2)  # both ranks at the gate
     deadline = time.monotonic() + 180
-    while (not waits.exists() or len(waits.read_text().splitlines()) < 2) and driver.poll() is None \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert waits.exists(), driver.communicate(timeout=60)[0]
     while not any(len(r) >= 2 for r in trial_rows(directory).values()) and time.monotonic() < deadline:
         time.sleep(0.05)  # epoch 1's report reached Tune: Ray Train registered its checkpoint
     os.kill(driver.pid, signal.SIGKILL)
     driver.communicate(timeout=60)
     assert ray_processes_after(ray_tmp) == []
-    held = [int(line.split()[0]) for line in waits.read_text().splitlines()]
+    held = [int(line.split()[0]) for line in Path(f"{gate}.waits").read_text().splitlines()]
     deadline = time.monotonic() + 60
     while any(running(pid) for pid in held) and time.monotonic() < deadline:
         time.sleep(0.1)  # a worker outlives its raylet a little; opened now, it would train on
