@@ -3,33 +3,33 @@
 Tune's `MLflowLoggerCallback` (its options), with what it lacks:
 - the store: `tracking_uri`, else MLFLOW_TRACKING_URI, else `sqlite:///<experiment dir>/mlflow.db`;
 - each report's numbers in one `log_batch` call, step = epoch (Optuna's step), every MLflow call in
-  one background thread in the order Tune made them (Tune's makes one call per number, on the
-  driver's loop, which the trials' reports wait for);
+  a writer process of its own (`tuneloop.tune.mlflow_writer`), in the order Tune made them: Tune's
+  makes one call per number on the driver's loop, which the trials' reports wait for;
 - the trial's final state as the Optuna study records it (`tuneloop.outcome`): the tag
   `tuneloop.state` (complete, pruned, failed) and the run's status (FINISHED, KILLED, FAILED);
 - `tuneloop resume` continues each trial's run (found by its `tune_trial_id` tag), without logging
-  an epoch twice.
+  an epoch twice;
+- nothing process-wide: Tune's set-up calls `mlflow.set_tracking_uri`, which MLflow also writes into
+  MLFLOW_TRACKING_URI, so a second sweep in the same process would log into the first's store.
 A tracker never stops the sweep: a failed MLflow call is a warning.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import multiprocessing
 import os
-import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-from tuneloop.outcome import COMPLETE, FAILED, PRUNED, outcome
+from tuneloop.outcome import outcome
 from tuneloop.storage import MLFLOW_DB, SweepPlace
+from tuneloop.tune import mlflow_writer as writer
 
 logger = logging.getLogger(__name__)
 
-STATE_TAG, TRIAL_TAG = "tuneloop.state", "tune_trial_id"
-RUN_STATUS = {COMPLETE: "FINISHED", PRUNED: "KILLED", FAILED: "FAILED"}
 SKIPPED = ("config", "trial_id", "date", "hostname", "node_ip", "pid", "done", "experiment_tag",
            "checkpoint_dir_name", "should_checkpoint")  # not numbers, or Tune's bookkeeping
 
@@ -68,92 +68,47 @@ class MLflowTracker(MLflowLoggerCallback):
                 raise RuntimeError("MLflowTracker's default store is in the sweep's directory, but it was not "
                                    "bound to a sweep (bind(place) first)")
             self.tracking_uri = default_tracking_uri(self._place.directory if self._place else ".")
-        self._runs: dict[str, str] = {}  # trial id → MLflow run id (the worker thread's)
-        self._logged_epoch: dict[str, float] = {}  # trial id → last epoch logged (the worker thread's)
-        self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneloop-mlflow")
-        self._submit(self._connect)
-
-    def _connect(self) -> None:
-        """In the worker thread (creating a new SQLite store takes a second or two): a client of the
-        tracking URI, and the experiment `experiment_name`, created if new. Not Tune's set-up: its
-        `mlflow.set_tracking_uri` is process-wide and MLflow writes it into MLFLOW_TRACKING_URI, so a
-        second sweep in the same process (the Python API, a notebook) would log into the first's store."""
-        from mlflow import MlflowClient
-
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial MLflow database tables"
-        client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
-        experiment = client.get_experiment_by_name(self.experiment_name)
-        self._experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.experiment_name)
-        self._client = client
+        self._failures = 0
+        # spawned, not forked: the driver has Ray's threads; the process imports MLflow, not Ray
+        self._writer = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=writer.start)
+        self._submit(writer.connect, self.tracking_uri, self.registry_uri, self.experiment_name)
 
     def log_trial_start(self, trial):
-        self._submit(self._start_run, trial.trial_id, str(trial), dict(trial.config))
+        self._submit(writer.start_run, trial.trial_id, str(trial), _params(trial.config),
+                     {str(k): str(v) for k, v in (self.tags or {}).items()})
 
     def log_trial_result(self, iteration: int, trial, result: dict):
-        self._submit(self._log_result, trial.trial_id, iteration, dict(result))
+        epoch = result.get("epoch")
+        step = int(epoch if epoch is not None else result.get("training_iteration", iteration))
+        self._submit(writer.log_result, trial.trial_id, step, epoch, _numbers(result))
 
     def log_trial_end(self, trial, failed: bool = False):
         state, _ = outcome(trial.last_result, failed, self.metric)
-        self._submit(self._end_run, trial.trial_id, state)
+        self._submit(writer.end_run, trial.trial_id, state)
 
     def on_experiment_end(self, trials, **info):
-        self._queue.shutdown(wait=True)  # every run's last epoch and state written before the summary
-        self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneloop-mlflow")
+        self._writer.shutdown(wait=True)  # every run's last epoch and state written before the summary
+        if self._failures > 1:
+            logger.warning("MLflow: %d calls failed in all", self._failures)
 
-    # --- in the worker thread, in the order Tune called ------------------------------------------
+    def _submit(self, call, *args) -> None:
+        try:
+            self._writer.submit(call, *args).add_done_callback(lambda done: self._failed(call, done.exception()))
+        except RuntimeError as exc:  # the writer process died (BrokenProcessPool) or was shut down
+            self._failed(call, exc)
 
-    def _start_run(self, trial_id: str, name: str, config: dict) -> None:
-        if trial_id in self._runs:  # a retried trial goes on in its run
+    def _failed(self, call, exc: BaseException | None) -> None:
+        if exc is None:
             return
-        found = self._client.search_runs([self._experiment_id], f"tags.{TRIAL_TAG} = '{trial_id}'", max_results=1)
-        if found:  # a resumed sweep: the run an earlier driver started
-            run_id, last_epoch = found[0].info.run_id, found[0].data.metrics.get("epoch", -math.inf)
-            self._client.update_run(run_id, status="RUNNING")
-        else:
-            tags = {**(self.tags or {}), "trial_name": name, TRIAL_TAG: trial_id}
-            run_id, last_epoch = self._client.create_run(self._experiment_id, run_name=name, tags=tags).info.run_id, \
-                -math.inf
-            params = _params(config)
-            for start in range(0, len(params), 100):  # MLflow takes at most 100 params a call
-                self._client.log_batch(run_id, params=params[start:start + 100])
-        self._runs[trial_id], self._logged_epoch[trial_id] = run_id, last_epoch
-
-    def _log_result(self, trial_id: str, iteration: int, result: dict) -> None:
-        from mlflow.entities import Metric
-
-        epoch = result.get("epoch")
-        if trial_id not in self._runs or (epoch is not None and epoch <= self._logged_epoch[trial_id]):
-            return  # an epoch a resumed trial runs again after its checkpoint: logged once
-        step = int(epoch if epoch is not None else result.get("training_iteration", iteration))
-        now = int(time.time() * 1000)
-        self._client.log_batch(self._runs[trial_id],
-                               metrics=[Metric(key, value, now, step) for key, value in _numbers(result).items()])
-        if epoch is not None:
-            self._logged_epoch[trial_id] = epoch
-
-    def _end_run(self, trial_id: str, state: str) -> None:
-        run_id = self._runs.pop(trial_id, None)
-        if run_id is not None:
-            self._client.set_tag(run_id, STATE_TAG, state)
-            self._client.set_terminated(run_id, status=RUN_STATUS[state])
-
-    def _submit(self, call, *args, **kwargs) -> None:
-        def logged():
-            if call != self._connect and getattr(self, "_client", None) is None:
-                return  # no store: the connection's failure was the warning
-            try:
-                call(*args, **kwargs)
-            except Exception as exc:  # a tracker never stops the sweep
-                logger.warning("MLflow: %s failed: %s", call.__name__.strip("_").replace("_", " "), exc)
-
-        self._queue.submit(logged)
+        self._failures += 1
+        if self._failures == 1:  # the first failure says why; the rest are counted (on_experiment_end)
+            logger.warning("MLflow: %s failed: %s", call.__name__.replace("_", " "), exc)
 
 
-def _params(config: dict) -> list:
+def _params(config: dict) -> dict[str, str]:
     """The trial's searched parameters as MLflow params (values as text, at most MLflow's length)."""
-    from mlflow.entities import Param
-
-    return [Param(str(key), str(value)[:6000]) for key, value in config.items()]
+    return {str(key): str(value)[:6000] for key, value in config.items()}
 
 
 def _numbers(result: dict) -> dict[str, float]:

@@ -1,0 +1,97 @@
+"""The MLflow logger's writer process: every MLflow call of a sweep, in the order the driver made them.
+
+`tuneloop.tune.mlflow_logger.MLflowTracker` sends these functions to one process of its own (a
+`ProcessPoolExecutor` of one worker: calls run one at a time, in order). The MLflow client's work
+(SQLAlchemy for an SQLite store, JSON over HTTP for a server) is Python that holds the GIL: in a
+thread of the driver it slowed the driver's loop, which every trial's report waits for, by 40 ms a
+report with an SQLite store. This module imports MLflow and nothing of Ray, so the process starts
+quickly. Its state (the client, each trial's run) lives in `_STATE`, in that process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+
+STATE_TAG, TRIAL_TAG = "tuneloop.state", "tune_trial_id"
+RUN_STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}  # tuneloop.outcome's states
+_STATE: dict = {}  # in the writer process: client, experiment_id, runs (trial id → run id), logged (last epoch)
+
+
+def start() -> None:
+    """First, in the writer process: Ctrl-C is the driver's to handle (it ends the writer when the
+    sweep ends), and the writer exits once its driver is gone (a killed driver cannot say so)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="tuneloop-mlflow-parent", daemon=True).start()
+
+
+def connect(tracking_uri: str, registry_uri: str | None, experiment_name: str) -> None:
+    """A client of the store, and the experiment `experiment_name` (created if new)."""
+    from mlflow import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial MLflow database tables"
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+    _STATE.update(client=client, experiment_id=experiment_id, runs={}, logged={})
+
+
+def start_run(trial_id: str, name: str, params: dict[str, str], tags: dict[str, str]) -> None:
+    """The trial's run: the one an earlier driver started (a resumed sweep), else a new one."""
+    from mlflow.entities import Param
+
+    client, runs = _connected(), _STATE["runs"]
+    if trial_id in runs:  # a retried trial goes on in its run
+        return
+    found = client.search_runs([_STATE["experiment_id"]], f"tags.{TRIAL_TAG} = '{trial_id}'", max_results=1)
+    if found:
+        run_id, last_epoch = found[0].info.run_id, found[0].data.metrics.get("epoch", -math.inf)
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run = client.create_run(_STATE["experiment_id"], run_name=name, tags={**tags, "trial_name": name,
+                                                                              TRIAL_TAG: trial_id})
+        run_id, last_epoch = run.info.run_id, -math.inf
+        entries = [Param(key, value) for key, value in params.items()]
+        for start in range(0, len(entries), 100):  # MLflow takes at most 100 params a call
+            client.log_batch(run_id, params=entries[start:start + 100])
+    runs[trial_id], _STATE["logged"][trial_id] = run_id, last_epoch
+
+
+def log_result(trial_id: str, step: int, epoch: float | None, numbers: dict[str, float]) -> None:
+    """One report's numbers in one call; an epoch already logged (a resumed trial's rerun) is skipped."""
+    from mlflow.entities import Metric
+
+    client = _connected()
+    run_id = _STATE["runs"].get(trial_id)
+    if run_id is None or (epoch is not None and epoch <= _STATE["logged"][trial_id]):
+        return
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, value, now, step) for key, value in numbers.items()])
+    if epoch is not None:
+        _STATE["logged"][trial_id] = epoch
+
+
+def end_run(trial_id: str, state: str) -> None:
+    """The trial's final state as a tag and as the run's status."""
+    client = _connected()
+    run_id = _STATE["runs"].pop(trial_id, None)
+    if run_id is not None:
+        client.set_tag(run_id, STATE_TAG, state)
+        client.set_terminated(run_id, status=RUN_STATUS[state])
+
+
+def _connected():
+    if "client" not in _STATE:
+        raise RuntimeError("no MLflow store (connecting to it failed, see the warning before)")
+    return _STATE["client"]
