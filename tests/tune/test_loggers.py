@@ -20,9 +20,73 @@ import pytest
 from tl_s3 import free_port
 from tl_sweeps import probe_experiment, run_sweep, study_of, trial_rows
 
-pytestmark = pytest.mark.usefixtures("ray_local")
-
 EPOCHS = 4
+
+
+class Trial:
+    """What Tune's logger callbacks read of a trial (without starting Ray)."""
+
+    def __init__(self, trial_id: str, lr: float):
+        self.trial_id, self.config, self.last_result = trial_id, {"optimizer_config.lr": lr}, {}
+
+    def __str__(self):
+        return f"trial_{self.trial_id}"
+
+
+def report(tracker, trial: Trial, epoch: int, val_loss: float, done: bool = False) -> None:
+    trial.last_result = {"epoch": epoch, "val_loss": val_loss, "training_iteration": epoch + 1, "trial_done": done,
+                         "config": trial.config, "trial_id": trial.trial_id}
+    tracker.log_trial_result(epoch + 1, trial, trial.last_result)
+
+
+def test_a_resumed_driver_continues_each_trials_run_without_logging_an_epoch_twice(tmp_path):
+    import mlflow
+
+    from tuneloop.tune.mlflow_logger import MLflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trial = Trial("a1", 0.01)
+    first = MLflowTracker(uri, experiment_name="probe", metric="val_loss")
+    first.setup()
+    first.log_trial_start(trial)
+    for epoch in range(3):
+        report(first, trial, epoch, 1.0 / (epoch + 1))
+    first.on_experiment_end(trials=[])  # the driver dies here; its run stays RUNNING
+    second = MLflowTracker(uri, experiment_name="probe", metric="val_loss")  # the resumed driver's
+    second.setup()
+    second.log_trial_start(trial)
+    for epoch in range(1, 5):  # restored from the checkpoint of epoch 0: epochs 1 and 2 come again
+        report(second, trial, epoch, 1.0 / (epoch + 1) + (0.5 if epoch < 3 else 0.0), done=epoch == 4)
+    second.log_trial_end(trial)
+    second.on_experiment_end(trials=[])
+    client = mlflow.MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("probe").experiment_id])
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_loss"))
+    assert history == [(0, 1.0), (1, 0.5), (2, 1 / 3), (3, 0.25), (4, 0.2)]  # the first values of epochs 1, 2
+    assert run.data.params == {"optimizer_config.lr": "0.01"}
+    assert run.data.tags["tuneloop.state"] == "complete" and run.info.status == "FINISHED"
+
+
+def test_a_tracking_server_that_does_not_answer_is_one_warning_and_a_count(tmp_path, caplog, monkeypatch):
+    from tuneloop.tune.mlflow_logger import MLflowTracker
+    from tuneloop.tune.mlflow_writer import GIVE_UP_AFTER
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")  # the writer process inherits it
+    tracker = MLflowTracker(f"http://127.0.0.1:{free_port()}", experiment_name="probe", metric="val_loss")
+    tracker.setup()
+    trials = [Trial(f"t{i}", 0.01) for i in range(2)]
+    for trial in trials:
+        tracker.log_trial_start(trial)
+        for epoch in range(5):
+            report(tracker, trial, epoch, 1.0)
+        tracker.log_trial_end(trial)
+    with caplog.at_level("WARNING", logger="tuneloop.tune.mlflow_logger"):
+        tracker.on_experiment_end(trials=[])  # returns: after GIVE_UP_AFTER failures the rest are skipped
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("MLflow: connect failed: ")
+    assert warnings[1] == f"MLflow: {1 + 2 * 7} calls failed in all"  # connect, and each trial's 7 calls
+    assert GIVE_UP_AFTER < 1 + 2 * 7
 
 
 @pytest.fixture
@@ -51,6 +115,7 @@ def mlflow_server(tmp_path):
         server.wait(timeout=30)
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_tensorboard_and_mlflow_hold_each_trial_as_the_study_does(tmp_path, mlflow_server, monkeypatch):
     import mlflow
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

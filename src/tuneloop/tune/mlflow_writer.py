@@ -10,6 +10,7 @@ quickly. Its state (the client, each trial's run) lives in `_STATE`, in that pro
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -20,12 +21,17 @@ import time
 STATE_TAG, TRIAL_TAG = "tuneloop.state", "tune_trial_id"
 RUN_STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}  # tuneloop.outcome's states
 _STATE: dict = {}  # in the writer process: client, experiment_id, runs (trial id → run id), logged (last epoch)
+GIVE_UP_AFTER = 3  # failed calls in a row, after which the writer stops calling MLflow (each would wait out retries)
 
 
 def start() -> None:
     """First, in the writer process: Ctrl-C is the driver's to handle (it ends the writer when the
     sweep ends), and the writer exits once its driver is gone (a killed driver cannot say so)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a tracking server that stopped answering: a call fails in seconds, not minutes (MLflow's defaults:
+    # 7 retries, backoff factor 2, 120 s timeout), unless the user set these
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     parent = os.getppid()
 
     def watch() -> None:
@@ -36,6 +42,24 @@ def start() -> None:
     threading.Thread(target=watch, name="tuneloop-mlflow-parent", daemon=True).start()
 
 
+def _counted(call):
+    """`call`, given up after GIVE_UP_AFTER failures in a row: a store that is gone must not hold the
+    sweep's end (which waits for the writer) for every report still queued."""
+    @functools.wraps(call)  # pickled by name: the driver sends these to the writer process
+    def counted(*args):
+        if _STATE.get("failed_in_a_row", 0) >= GIVE_UP_AFTER:
+            raise RuntimeError(f"skipped: the MLflow store failed {GIVE_UP_AFTER} calls in a row")
+        try:
+            call(*args)
+        except Exception:
+            _STATE["failed_in_a_row"] = _STATE.get("failed_in_a_row", 0) + 1
+            raise
+        _STATE["failed_in_a_row"] = 0
+
+    return counted
+
+
+@_counted
 def connect(tracking_uri: str, registry_uri: str | None, experiment_name: str) -> None:
     """A client of the store, and the experiment `experiment_name` (created if new)."""
     from mlflow import MlflowClient
@@ -47,6 +71,7 @@ def connect(tracking_uri: str, registry_uri: str | None, experiment_name: str) -
     _STATE.update(client=client, experiment_id=experiment_id, runs={}, logged={})
 
 
+@_counted
 def start_run(trial_id: str, name: str, params: dict[str, str], tags: dict[str, str]) -> None:
     """The trial's run: the one an earlier driver started (a resumed sweep), else a new one."""
     from mlflow.entities import Param
@@ -68,6 +93,7 @@ def start_run(trial_id: str, name: str, params: dict[str, str], tags: dict[str, 
     runs[trial_id], _STATE["logged"][trial_id] = run_id, last_epoch
 
 
+@_counted
 def log_result(trial_id: str, step: int, epoch: float | None, numbers: dict[str, float]) -> None:
     """One report's numbers in one call; an epoch already logged (a resumed trial's rerun) is skipped."""
     from mlflow.entities import Metric
@@ -82,6 +108,7 @@ def log_result(trial_id: str, step: int, epoch: float | None, numbers: dict[str,
         _STATE["logged"][trial_id] = epoch
 
 
+@_counted
 def end_run(trial_id: str, state: str) -> None:
     """The trial's final state as a tag and as the run's status."""
     client = _connected()
