@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tl_sweeps import probe_experiment
-from tuneloop.ranks import agreed_stop, shard, summed
+from tuneloop.ranks import agreed_stop, shard, split_stream, stream_share, summed
 
 
 
@@ -30,6 +31,23 @@ def test_shards_split_like_distributed_sampler():
     assert shard(order, 0, 2, even=False).tolist() == [4, 3, 2] and shard(order, 1, 2, even=False).tolist() == [0, 1]
     sampler = torch.utils.data.DistributedSampler(range(5), num_replicas=2, rank=1, shuffle=False)
     assert shard(torch.arange(5), 1, 2, even=True).tolist() == list(sampler)
+
+
+def test_streams_split_like_accelerates_iterable_dataset_shard():
+    """Of each group of world_size samples, the rank-th; training drops an incomplete last group
+    (every rank as many samples), validation splits it as far as it goes (each sample once)."""
+    def split(size, world, even):
+        return [list(split_stream(range(size), rank, world, even)) for rank in range(world)]
+
+    assert split(7, 2, even=True) == [[0, 2, 4], [1, 3, 5]]
+    assert split(7, 2, even=False) == [[0, 2, 4, 6], [1, 3, 5]]
+    assert split(7, 3, even=True) == [[0, 3], [1, 4], [2, 5]]
+    assert split(7, 3, even=False) == [[0, 3, 6], [1, 4], [2, 5]]
+    assert split(1, 2, even=False) == [[0], []] and split(1, 2, even=True) == [[], []]
+    assert list(split_stream(iter(range(5)), 0, 1, even=True)) == [0, 1, 2, 3, 4]
+    for size in range(9):
+        for even in (True, False):
+            assert [stream_share(size, r, 3, even) for r in range(3)] == [len(part) for part in split(size, 3, even)]
 
 
 def _free_port() -> int:
@@ -166,3 +184,89 @@ def test_two_ranks_resume_bitwise_from_rank_zeros_checkpoint(tmp_path):
         first, second = out[0], out[1]
     assert [r[0] for r in first["straight"]] == [0, 1, 2, 3]
     assert first["resumed"] == first["straight"] and second["resumed"] == second["straight"]
+
+
+def _stream_ranks(rank: int, port: int, experiment: dict, out: dict) -> None:
+    """One rank: a run on iterable datasets (`tl_testing.blob_streams`) with BatchNorm, built by
+    `build_run`; then an epoch, a validation stream of one sample (rank 1 has no batch), an epoch."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # a collective that one rank makes and the other not fails after the timeout instead of hanging
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    torch.set_num_threads(1)
+    try:
+        from tl_testing import Samples, blob_streams
+        from tuneloop.callbacks import TrainingCallback
+        from tuneloop.config.schema import RunConfig
+        from tuneloop.training.build import build_run
+        from tuneloop.training.data import make_loader
+
+        run = RunConfig.model_validate(experiment["run"])
+        parts = build_run(run, device=torch.device("cpu"))
+        trainer = parts.trainer
+        records = []
+        trainer.callbacks.add(type("Keep", (TrainingCallback,), {
+            "priority": 99, "on_epoch_end": lambda self, trainer, **kw: records.append(
+                (kw["epoch"], len(trainer.trained), kw["val_loss"], kw["metrics"]["val_accuracy"]))})())
+        trainer.train(parts.train_loader, parts.val_loader, run.epochs)
+        state = {k: v.clone() for k, v in trainer.model.module.state_dict().items()}
+        model = trainer.model.module.eval()
+        x, y = next(iter(blob_streams(**run.data_config)[1]))
+        with torch.no_grad():
+            alone = torch.nn.functional.cross_entropy(model(x[None]), y[None]).item()
+        lone = make_loader(Samples(torch.utils.data.TensorDataset(x[None], y[None])), 10, False, 0, "cpu",
+                           rank=rank, world_size=2, even=False)
+        # right after training, as in an epoch: DDP's forward would broadcast buffers on rank 0 alone
+        more = [trainer.train_epoch(parts.train_loader, run.epochs)]
+        model.load_state_dict(state)
+        lone_val, _ = trainer.val_epoch(lone, run.epochs)
+        more.append(trainer.train_epoch(parts.train_loader, run.epochs + 1))
+        out[rank] = {"records": records, "trained": [b.tolist() for b in trainer.trained], "state": state,
+                     "lone": (lone_val, alone), "more": more}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_train_an_iterable_stream_once_and_validate_it_whole(tmp_path):
+    """An iterable training stream of 181 samples on two ranks: the 90 pairs split between them,
+    the 181st (an incomplete group) dropped, so both train 6 batches an epoch and each sample once.
+    The validation stream of 61 samples (ranks: 31 and 30, 4 and 3 batches) gives the loss and
+    accuracy of the whole set in one process, to float tolerance (the sums run in another order:
+    per rank, then over the ranks). With BatchNorm; a validation where rank 1 has no batch at all
+    gives that one sample's loss and the ranks go on training in step."""
+    from tl_testing import Samples, blob_streams
+    from tuneloop.trainer import Trainer
+    from tuneloop.training.data import make_loader
+
+    experiment = probe_experiment(tmp_path, epochs=2)
+    experiment["run"].update(data="tl_testing.blob_streams", data_config={"n": 242}, trainer="tl_testing.InputLog",
+                             net_config={"hidden": 16, "norm": True}, batch_size=16, val_batch_size=10)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.start_processes(_stream_ranks, args=(_free_port(), experiment, out), nprocs=2, join=True,
+                           start_method="fork")
+        first, second = out[0], out[1]
+    train, val = blob_streams(242)
+    assert len(train.tensors[0]) == 181 and len(val.tensors[0]) == 61
+    ids = {tuple(row.tolist()): i for i, row in enumerate(train.tensors[0])}
+    trained = {rank: [[ids[tuple(row)] for row in batch] for batch in part["trained"]]
+               for rank, part in ((0, first), (1, second))}
+    assert [len(trained[0]), len(trained[1])] == [24, 24]  # 4 epochs (2, then 2 more) x 6 batches on each rank
+    for epoch in range(4):
+        per_rank = [[i for batch in trained[r][6 * epoch:6 * epoch + 6] for i in batch] for r in (0, 1)]
+        assert per_rank == [list(range(0, 180, 2)), list(range(1, 180, 2))]  # every sample once, 180 dropped
+    assert [r[1] for r in first["records"]] == [6, 12] == [r[1] for r in second["records"]]
+    assert [r[2:] for r in first["records"]] == [r[2:] for r in second["records"]]
+
+    import tl_testing
+
+    model = tl_testing.Probe(hidden=16, norm=True)
+    model.load_state_dict(first["state"])
+    from tuneloop.metrics import accuracy
+
+    one = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), None, torch.nn.CrossEntropyLoss(),
+                  metrics={"accuracy": accuracy})
+    val_loss, metrics = one.val_epoch(make_loader(Samples(val), 10, False, 0, "cpu"), 0)
+    assert first["records"][-1][2] == pytest.approx(val_loss, rel=1e-6, abs=0)
+    assert first["records"][-1][3] == pytest.approx(metrics["val_accuracy"], rel=1e-6, abs=0)
+    assert first["lone"][0] == second["lone"][0] == pytest.approx(first["lone"][1], rel=1e-6)
+    assert first["more"] == second["more"]

@@ -10,7 +10,7 @@ import torch
 
 from tuneloop.batches import describe, sample_count, to_device
 from tuneloop.callbacks.base import NON_FINITE_STOP, CallbackRunner, TrainingCallback
-from tuneloop.ranks import summed
+from tuneloop.ranks import share_buffers, summed
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -162,7 +162,10 @@ class Trainer:
 
     @torch.no_grad()
     def val_epoch(self, loader, epoch: int) -> tuple[float, dict[str, float]]:
-        """Validation pass: returns (val_loss, {"val_<metric>": value}), one host sync."""
+        """Validation pass: returns (val_loss, {"val_<metric>": value}), one host sync. With several
+        ranks: rank 0's buffers first (`share_buffers`), then no collective until the sums meet, so
+        the ranks' numbers of validation batches may differ."""
+        share_buffers(self.world_size, self.model)
         self.model.eval()
         self.callbacks.fire("on_val_begin", trainer=self, epoch=epoch)
         loss_sum = torch.zeros((), device=self.device)

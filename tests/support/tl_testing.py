@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import IterableDataset, TensorDataset
 
 from tuneloop.callbacks import TrainingCallback
+from tuneloop.trainer import Trainer
 
 
 def blobs(n: int = 240, features: int = 8, classes: int = 3, seed: int = 0):
@@ -25,14 +26,43 @@ def blobs(n: int = 240, features: int = 8, classes: int = 3, seed: int = 0):
     return TensorDataset(inputs[:cut], labels[:cut]), TensorDataset(inputs[cut:], labels[cut:])
 
 
+class Samples(IterableDataset):
+    """The samples of a TensorDataset as a stream, in order, without a length (an iterable dataset)."""
+
+    def __init__(self, dataset: TensorDataset):
+        self.tensors = dataset.tensors
+
+    def __iter__(self):
+        return zip(*self.tensors)
+
+
+def blob_streams(n: int = 240, **kwargs):
+    """`blobs` as two streams (`Samples`): (train, val)."""
+    return tuple(Samples(split) for split in blobs(n, **kwargs))
+
+
+class InputLog(Trainer):
+    """A Trainer that keeps the inputs of every training batch it trains on (`trained`, per batch)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trained: list[torch.Tensor] = []
+
+    def compute_loss(self, batch):
+        if self.model.training:
+            self.trained.append(batch[0].detach().clone())
+        return super().compute_loss(batch)
+
+
 class Probe(nn.Module):
     """A small MLP that behaves as told: mode ok, nan (outputs NaN), or raise (forward raises)."""
 
     def __init__(self, hidden: int = 16, mode: str = "ok", features: int = 8, classes: int = 3,
-                 delay: float = 0.0):
+                 delay: float = 0.0, norm: bool = False):
         super().__init__()
         self.mode, self.delay = mode, delay
-        self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+        middle = [nn.BatchNorm1d(hidden)] if norm else []  # norm: buffers (running statistics)
+        self.net = nn.Sequential(nn.Linear(features, hidden), *middle, nn.ReLU(), nn.Linear(hidden, classes))
 
     def forward(self, x):
         if self.mode == "raise":

@@ -216,3 +216,68 @@ def test_drop_last_drops_only_training_batches():
     loaders = build_loaders(run, TensorDataset(x, y), TensorDataset(x, y), torch.device("cpu"))
     assert sum(len(t) for _, t in loaders.train) == 16  # 20 samples in batches of 8: the partial one dropped
     assert sum(len(t) for _, t in loaders.val) == 20  # one partial batch of 20 < 64, kept
+
+
+class Numbered(torch.utils.data.IterableDataset):
+    """The samples 0 … n-1 in order, with a length when `sized`; with `splits_by_worker`, its
+    `__iter__` gives each loader worker its own share itself (torch's get_worker_info recipe)."""
+
+    def __init__(self, n, sized=True, splits_by_worker=False):
+        self.n, self.sized, self.splits_by_worker = n, sized, splits_by_worker
+
+    def __len__(self):
+        if not self.sized:
+            raise TypeError("no length")
+        return self.n
+
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        start, step = (worker.id, worker.num_workers) if self.splits_by_worker and worker else (0, 1)
+        return ((torch.tensor([float(i)]), torch.tensor(i)) for i in range(start, self.n, step))
+
+
+def shares(dataset, workers, even, world=2, batch_size=4):
+    """Per rank: (the samples its loader gives, its batches, len(loader) or None)."""
+    result = []
+    for rank in range(world):
+        loader = make_loader(dataset, batch_size, True, 0, "cpu", options={"num_workers": workers}, rank=rank,
+                             world_size=world, even=even)
+        batches = [y.tolist() for _, y in loader]
+        try:
+            length = len(loader)
+        except TypeError:
+            length = None
+        result.append(([i for batch in batches for i in batch], len(batches), length))
+    return result
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_stream_is_split_over_ranks_and_loader_workers_each_sample_once(workers):
+    """23 samples on 2 ranks (and 2 loader workers): training takes 11 pairs, the 23rd sample (an
+    incomplete pair) dropped, the same number of batches on both ranks; validation takes every
+    sample once. The length is the batches' number, workers' partial batches included."""
+    train = shares(Numbered(23), workers, even=True)
+    assert sorted(train[0][0] + train[1][0]) == list(range(22))
+    assert sorted(train[0][0]) == list(range(0, 22, 2)) and train[0][1] == train[1][1]
+    val = shares(Numbered(23), workers, even=False)
+    assert sorted(val[0][0] + val[1][0]) == list(range(23))
+    for samples, batches, length in train + val:
+        assert length == batches  # 2 workers: 6 and 5 samples → 2 + 2 batches of at most 4
+    assert [b for _, b, _ in train] == ([3, 3] if workers == 0 else [4, 4])
+    assert shares(Numbered(23, sized=False), workers, even=True)[1][2] is None  # no length: none made up
+
+
+def test_loader_workers_of_one_process_do_not_repeat_a_stream():
+    """Without the split each of the 2 workers would give the whole stream (every sample twice)."""
+    [(samples, batches, length)] = shares(Numbered(10), 2, even=True, world=1)
+    assert sorted(samples) == list(range(10)) and batches == length == 4  # 5 samples a worker: 2 batches each
+
+
+def test_a_stream_that_splits_itself_over_its_workers_is_split_over_the_ranks_only():
+    """`splits_by_worker`: each worker's own share (torch's recipe) split over the ranks, per worker:
+    no sample twice, as many on both ranks; the batches' number is not known in advance."""
+    train = shares(Numbered(23, splits_by_worker=True), 2, even=True)
+    samples = train[0][0] + train[1][0]
+    assert len(samples) == len(set(samples)) == 22 and len(train[0][0]) == len(train[1][0])
+    assert set(range(23)) - set(samples) == {21}  # worker 0 has 12 samples (0, 2, …), worker 1 11: its last dropped
+    assert train[0][2] is None and train[0][1] == train[1][1]

@@ -92,6 +92,57 @@ def test_an_asha_sweep_of_distributed_trials_prunes_frees_their_workers_and_surv
     assert ray_processes_after(ray_tmp) == []
 
 
+def test_pfl_stops_distributed_trials_whose_workers_end_and_free_their_cpus(tmp_path, capsys, monkeypatch, ray_tmp,
+                                                                           no_ray_running):
+    """tuneloop's pfl (its sweep defaults: shifted-exponential predictions calibrated by the completed
+    trials) on 3 trials of 2 workers, one at a time. With k=1, n_startup_trials=1, n_warmup_epochs=1,
+    once the first trial (lr 0.05: RandomSampler seed 11 draws 0.05, 1e-5, 1e-5) completed with final
+    F, a later trial is judged after its first epoch: a first loss L0 becomes L0 x F / L0' (L0' the
+    first trial's own first loss, predicted alike), stopped when above F, i.e. when L0 > L0'. Both
+    lr 1e-5 trials start from the same model (seed 0) and barely move it: stopped for certain (the
+    test checks L0 > L0' too). Their workers learn of it, end as pruned before their last epoch, and
+    free their CPUs (the third trial needs them to start); the study says PRUNED with each
+    intermediate value, the histories are contiguous."""
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    experiment = distributed_experiment(
+        tmp_path, num_samples=3, max_concurrent_trials=2,
+        scheduler={"name": "pfl", "k": 1, "n_startup_trials": 1, "n_warmup_epochs": 1},
+        sampler={"name": "RandomSampler", "seed": 11},
+        search_space={"optimizer_config.lr": {"type": "categorical", "choices": [0.05, 0.00001]}})
+    ends = tmp_path / "ends.jsonl"
+    # a stopped trial's workers learn of it after a report: 1 s epochs let that happen before the last one
+    experiment["run"]["callbacks"] = [{"class": "tl_chaos.PacedEnds", "path": str(ends), "slow_below_lr": 1e-3,
+                                       "seconds": 1.0}]
+    status, directory = run_sweep(tmp_path, experiment)
+    out = capsys.readouterr().out
+    assert status == 0, out
+    trials = sorted(study_of(directory).trials, key=lambda t: t.number)
+    assert [t.params["optimizer_config.lr"] for t in trials] == [0.05, 0.00001, 0.00001]
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "PRUNED"], out  # the third started: CPUs freed
+    rows = trial_rows(directory)
+    histories = sorted(rows.values(), key=lambda r: r[0]["config"]["optimizer_config.lr"], reverse=True)
+    assert len(histories) == 3
+    for trial, history in zip(trials, histories):  # the two stopped trials trained alike: either order
+        assert history[0]["config"]["optimizer_config.lr"] == trial.params["optimizer_config.lr"]
+        values = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
+        assert [r["val_loss"] for r in history] == values
+        assert [r["epoch"] for r in history] == list(range(len(history)))  # contiguous, no repeats
+        assert {r["workers"] for r in history} == {2}
+    complete, *pruned = histories
+    assert len(complete) == 4 and complete[-1]["trial_done"]
+    for history in pruned:  # stopped at its first result, the one pfl judged
+        assert len(history) == 1 and not history[-1]["trial_done"]
+        assert history[0]["val_loss"] > complete[0]["val_loss"]  # L0 > L0': the stop's condition held
+    state = json.loads((directory / "pfl_state.json").read_text())
+    assert len(state["finals"]) == 1 and len(state["stopped"]) == 2
+    # both ranks of each stopped trial ended as pruned (on_train_end), before their last epoch
+    ended = [json.loads(line) for line in ends.read_text().splitlines()]
+    stopped = [end for end in ended if end["lr"] < 1e-3]
+    assert sorted(end["rank"] for end in stopped) == [0, 0, 1, 1], ended
+    assert {end["stop_reason"] for end in stopped} == {"pruned"} and all(len(end["epochs"]) < 4 for end in stopped)
+    assert ray_processes_after(ray_tmp) == []
+
+
 def test_a_two_node_cluster_runs_a_trials_workers_on_different_nodes(ray_cluster, tmp_path, monkeypatch):
     """`ray.cluster_utils.Cluster`: a head without CPUs and two nodes of 1 CPU (the fixture); workers of
     0.75 CPU cannot share a node, so rank 0 and rank 1 train on different nodes, as one trial."""
