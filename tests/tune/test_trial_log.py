@@ -20,8 +20,8 @@ RAY_ENDED_THE_PROCESS = [
 ]
 
 
-def batch(pid, *lines):
-    return {"ip": "10.0.0.1", "pid": pid, "lines": list(lines)}
+def batch(pid, *lines, is_err=False):
+    return {"ip": "10.0.0.1", "pid": pid, "is_err": is_err, "lines": list(lines)}
 
 
 def test_lines_are_attributed_to_the_trial_the_process_runs_now():
@@ -36,6 +36,20 @@ def test_lines_are_attributed_to_the_trial_the_process_runs_now():
         "[tuneloop] trial_cccc: reused actor",
     ])
     assert log.drain() == []
+
+
+def test_each_stream_is_attributed_by_its_own_start_line_whichever_stream_comes_first():
+    """A reused actor ran trial aaaa, then bbbb; Ray delivers its stdout of both before its stderr
+    of both (two files, read separately): aaaa's warning stays aaaa's."""
+    log = TrialLog()
+    log.on_batch(batch(1, START.format(trial_id="aaaa") + "cpu", "aaaa says", START.format(trial_id="bbbb") + "cpu",
+                       "bbbb says"))
+    log.on_batch(batch(1, START.format(trial_id="aaaa"), "UserWarning: of aaaa", START.format(trial_id="bbbb"),
+                       "UserWarning: of bbbb", is_err=True))
+    assert sorted(log.drain()) == sorted([
+        "[tuneloop] trial_aaaa: aaaa says", "[tuneloop] trial_bbbb: bbbb says",
+        "[tuneloop] trial_aaaa: UserWarning: of aaaa", "[tuneloop] trial_bbbb: UserWarning: of bbbb",
+    ])
 
 
 def test_rays_sigterm_at_a_processes_end_is_left_out_even_across_batches():

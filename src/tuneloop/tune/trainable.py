@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -146,8 +147,9 @@ def train_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ..
     gpu_ids = ",".join(str(i) for i in ray.get_gpu_ids())
     where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "gpu_ids": gpu_ids,
              "device": str(device), "started_at": time.time(), "resumed_from": ""}
-    print(f"{START.format(trial_id=context.get_trial_id())}{device} (gpu ids [{gpu_ids}], "
-          f"{torch.get_num_threads()} threads): {config}", flush=True)
+    start = START.format(trial_id=context.get_trial_id())
+    print(f"{start}{device} (gpu ids [{gpu_ids}], {torch.get_num_threads()} threads): {config}", flush=True)
+    print(start, file=sys.stderr, flush=True)  # each stream says which trial its next lines are of (trial_log)
     scratch = Path(tempfile.mkdtemp(prefix=f"tuneloop-{context.get_trial_id()}-"))
     pruner = PrunerCallback(static=where)
     files = artifact_dir(context)

@@ -4,8 +4,11 @@ Ray forwards every worker's stdout and stderr to the driver as `(train_trial pid
 deduplicated across workers (`[repeated 4x across cluster]`), with Ray's own worker messages in
 between. A sweep shows instead only tuneloop's lines and, for each trial, what the trial itself
 printed or warned (its callbacks' warnings, Python warnings, the user's own output), as
-`[tuneloop] trial_<id>: <line>`. A trial announces itself with its first line (`START`), so a
-line is attributed to the trial its process runs now (actors are reused from trial to trial).
+`[tuneloop] trial_<id>: <line>`. A trial announces itself with its first line (`START`) on its
+stdout and on its stderr, so a line is attributed to the trial its process runs now (actors are
+reused from trial to trial), by the announcement on its own stream: Ray reads a worker's two
+streams from two files, and a batch of one can reach the driver before an older batch of the other
+(a reused actor's warnings of trial A arriving after its stdout of trial B).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from tuneloop.tune import _compat
 _IGNORED = "Exception ignored in"
 _RAY_TERMINATION = "sigterm_handler"
 
-START = "[tuneloop] trial {trial_id} on "  # the first line a trial prints (tuneloop.tune.trainable.train_trial)
+START = "[tuneloop] trial {trial_id} on "  # a trial's first line, on both streams (tuneloop.tune.trainable.train_trial)
 _START = re.compile(r"^\[tuneloop\] trial (\S+) on ")
 
 
@@ -32,13 +35,13 @@ class TrialLog:
 
     def __init__(self):
         self._lines: deque[str] = deque()
-        self._trial_of: dict[tuple, str] = {}  # (node ip, pid) → the trial that process runs now
-        self._ignored: dict[tuple, list[str]] = {}  # (node ip, pid) → an "Exception ignored" block so far
+        self._trial_of: dict[tuple, str] = {}  # (node ip, pid, is_err) → the trial that stream is of now
+        self._ignored: dict[tuple, list[str]] = {}  # (node ip, pid, is_err) → an "Exception ignored" block so far
         self._lock = threading.Lock()
 
     def on_batch(self, data: dict) -> None:
-        """One batch of a worker's lines (Ray's dict: `ip`, `pid`, `lines`, ...)."""
-        key = (data.get("ip"), data.get("pid"))
+        """One batch of one stream of a worker's lines (Ray's dict: `ip`, `pid`, `is_err`, `lines`, ...)."""
+        key = (data.get("ip"), data.get("pid"), bool(data.get("is_err")))
         for line in data.get("lines") or ():
             started = _START.match(line)
             if started:
