@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 
 def write_synced(handle, data: bytes | memoryview) -> None:
@@ -18,13 +19,14 @@ def write_synced(handle, data: bytes | memoryview) -> None:
     os.fsync(handle.fileno())
 
 
-def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never a part.
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, durable: bool = True) -> None:
+    """Make `path` what `write(handle)` writes, so that readers see the old file or the whole new one,
+    never a part.
 
-    The bytes go to a hidden temporary file in the same directory, are flushed to disk (fsync),
-    then renamed over `path`; on any failure the temporary file is removed and `path` is untouched.
-    The temporary file is created with mode 0o666, which the process's umask reduces as for any
-    new file.
+    `write` fills a hidden temporary file in the same directory, which is flushed to disk (fsync,
+    unless `durable=False`), then renamed over `path`; on any failure the temporary file is removed
+    and `path` is untouched. The temporary file is created with mode 0o666, which the process's
+    umask reduces as for any new file.
     """
     path = Path(path)
     while True:
@@ -36,11 +38,19 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
             continue
     try:
         with os.fdopen(fd, "wb") as handle:
-            write_synced(handle, data)
+            write(handle)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """`atomic_write` of `data`, flushed to disk."""
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

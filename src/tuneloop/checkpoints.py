@@ -23,7 +23,6 @@ import json
 import os
 import random
 import re
-import secrets
 import shutil
 import tempfile
 import threading
@@ -34,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from tuneloop._io import atomic_write_bytes, write_synced
+from tuneloop._io import atomic_write, atomic_write_bytes, write_synced
 from tuneloop.ranks import unwrapped
 
 FORMAT_VERSION = 1
@@ -201,27 +200,23 @@ def save_state(state: dict, directory: Path, durable: bool = True) -> Path:
 
 def write_state_into(state: dict, directory: Path) -> Path:
     """Make `directory/state.pt` hold `state`, creating the directory if needed: the file appears
-    whole or not at all (a hidden temporary file, renamed), and is not flushed to disk (fsync) —
-    as Ray's own copy of a reported checkpoint into the storage. Returns the file's path."""
+    whole or not at all (`atomic_write`), and is not flushed to disk (fsync) — as Ray's own copy of
+    a reported checkpoint into the storage. Returns the file's path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / STATE_FILE
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            try:
-                torch.save(state, handle)
-            except RuntimeError as exc:
-                # a failed write (disk full, ...) comes out of torch as its own error about the file's
-                # position, raised while the OSError was handled: the OSError says what happened
-                if isinstance(exc.__context__, OSError):
-                    raise exc.__context__ from None
-                raise
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+
+    def write(handle) -> None:
+        try:
+            torch.save(state, handle)
+        except RuntimeError as exc:
+            # a failed write (disk full, ...) comes out of torch as its own error about the file's
+            # position, raised while the OSError was handled: the OSError says what happened
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None
+            raise
+
+    atomic_write(directory / STATE_FILE, write, durable=False)
+    return directory / STATE_FILE
 
 
 def _publish(directory: Path, write, replace) -> None:
