@@ -42,11 +42,11 @@ def facts() -> tuple[list[tuple[str, str]], list[str]]:
         warnings.append("Ray's State API is missing (pip install 'tuneloop[distributed]'): a distributed trial "
                         "(sweep.resources_per_trial.workers > 1) stopped by a scheduler would keep its "
                         "workers' CPUs held, and later trials would never start")
-    from tuneloop.tune.loggers import mlflow_installed
+    from tuneloop.tune.loggers import installed
 
-    lines.append(("tensorboardX", _version("tensorboardX") if _importable("tensorboardX") else
+    lines.append(("tensorboardX", _version("tensorboardX") if installed("tensorboardX") else
                   "not installed (sweep.loggers: [tensorboard] needs it: pip install 'ray[tune]')"))
-    lines.append(("mlflow", _version("mlflow") if mlflow_installed() else
+    lines.append(("mlflow", _version("mlflow") if installed("mlflow") else
                   "not installed (sweep.loggers: [mlflow] needs it: pip install 'tuneloop[mlflow]')"))
     try:
         import optuna
@@ -125,12 +125,6 @@ def doctor(address: str | None = None) -> int:
     for warning in warnings:
         print(f"warning: {warning}")
     return 0
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 def _version(distribution: str) -> str:

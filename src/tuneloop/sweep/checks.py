@@ -61,10 +61,10 @@ def check_search_space(cfg: ExperimentConfig) -> None:
 def check_loggers(cfg: ExperimentConfig) -> None:
     """Each tracker of `sweep.loggers` can run: its package is installed, and an MLflow tracking
     server named by URL answers (an SQLite or file store is created by the first run)."""
-    from tuneloop.tune.loggers import mlflow_installed, tracking_server_error
+    from tuneloop.tune.loggers import installed, tracking_server_error
 
     for index, spec in enumerate(cfg.sweep.loggers):
-        if spec.name == "mlflow" and not mlflow_installed():
+        if spec.name == "mlflow" and not installed("mlflow"):
             raise UserError("the mlflow logger needs MLflow, which is not installed: pip install 'tuneloop[mlflow]'",
                             key=f"sweep.loggers.{index}.name", value="mlflow")
         uri = spec.tracking_uri or (os.environ.get("MLFLOW_TRACKING_URI") if spec.name == "mlflow" else None)

@@ -26,14 +26,15 @@ def build_loggers(cfg) -> list:
     return built
 
 
-def mlflow_installed() -> bool:
-    """Whether MLflow can be imported (`pip install 'tuneloop[mlflow]'`), without importing it (half a second)."""
+def installed(module: str) -> bool:
+    """Whether `module` can be imported (a tracker's package: `mlflow`, from `pip install
+    'tuneloop[mlflow]'`; `tensorboardX`, from Ray Tune's), without importing it (MLflow: half a second)."""
     import importlib.util
     import sys
 
-    if "mlflow" in sys.modules:
-        return sys.modules["mlflow"] is not None
-    return importlib.util.find_spec("mlflow") is not None
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
 
 
 def tracking_server_error(uri: str) -> str | None:
