@@ -4,8 +4,9 @@
 `ProcessPoolExecutor` of one worker: calls run one at a time, in order). The MLflow client's work
 (SQLAlchemy for an SQLite store, JSON over HTTP for a server) is Python that holds the GIL: in a
 thread of the driver it slowed the driver's loop, which every trial's report waits for, by 40 ms a
-report with an SQLite store. This module imports MLflow and nothing of Ray, so the process starts
-quickly. Its state (the client, each trial's run) lives in `_STATE`, in that process.
+report with an SQLite store. This module imports MLflow and nothing of Ray (of tuneloop, the leaf
+`outcome`), so the process starts quickly. Its state (the client, each trial's run) lives in
+`_STATE`, in that process.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import signal
 import threading
 import time
 
+from tuneloop.outcome import COMPLETE, FAILED, PRUNED
+
 STATE_TAG, TRIAL_TAG = "tuneloop.state", "tune_trial_id"
-RUN_STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}  # tuneloop.outcome's states
+RUN_STATUS = {COMPLETE: "FINISHED", PRUNED: "KILLED", FAILED: "FAILED"}  # the study's state → the run's status
 _STATE: dict = {}  # in the writer process: client, experiment_id, runs (trial id → run id), logged (last epoch)
 GIVE_UP_AFTER = 3  # failed calls in a row, after which the writer stops calling MLflow (each would wait out retries)
 
