@@ -4,7 +4,7 @@ Variants, each one `tuneloop sweep` of a single trial (fifo) of the digits MLP, 
 started once, alternating (A B C ... A B C) so drift on a shared machine hits all:
 - none: no tracker;
 - tensorboard: Tune's TBXLoggerCallback;
-- mlflow: tuneloop's MLflowTracker (one log_batch a report, from a background thread);
+- mlflow: tuneloop's MLflowTracker (one log_batch a report, from a writer process of its own);
 - Tune's MLflowLoggerCallback as it comes (one call per number, on the driver's loop), in the same
   place of the Tuner, for comparison (the benchmark swaps it in; tuneloop never uses it so).
 Both MLflow variants write into a new SQLite store of their own. Per-epoch time is taken from the
@@ -22,25 +22,16 @@ import statistics
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from checkpoint_overhead import MODELS, experiment  # the same one-trial sweep of the digits MLP (no checkpoints: None)
+from checkpoint_overhead import seconds_per_epoch as one_trial_seconds_per_epoch
+
 VARIANTS = ("none", "tensorboard", "mlflow", "Tune's MLflowLoggerCallback")
-
-
-def experiment(storage: str, epochs: int, loggers: list):
-    from tuneloop.config import load_experiment
-
-    return load_experiment(REPO / "experiments" / "digits_mlp.yaml", [
-        "sweep.num_samples=1", "sweep.max_concurrent_trials=1", "sweep.scheduler={name: fifo}",
-        f"run.epochs={epochs}", f"run.scheduler_config.T_max={epochs}", f"sweep.storage_path={storage}",
-        "run.early_stopping_config.enabled=false", "run.checkpoint_config.enabled=false",
-        "sweep.search_space={net_config.hidden: {type: categorical, choices: [128]}}",
-        f"sweep.loggers={json.dumps(loggers)}"])
+DIGITS, _ = MODELS["digits MLP (default experiment)"]  # its one configuration
 
 
 def seconds_per_epoch(cfg, variant: str, store: Path) -> float:
+    """checkpoint_overhead's one-trial timing, with Tune's own MLflow callback swapped in for its variant."""
     import tuneloop.tune.loggers as loggers
-    from tuneloop.sweep.paths import experiment_dir
-    from tuneloop.sweep.run import run_sweep
 
     build = loggers.build_loggers
     if variant == "Tune's MLflowLoggerCallback":
@@ -48,12 +39,9 @@ def seconds_per_epoch(cfg, variant: str, store: Path) -> float:
 
         loggers.build_loggers = lambda cfg: [MLflowLoggerCallback(f"sqlite:///{store}", experiment_name="bench")]
     try:
-        run_sweep(cfg, quiet=True, overwrite=True)
+        return one_trial_seconds_per_epoch(cfg)
     finally:
         loggers.build_loggers = build
-    [result] = experiment_dir(cfg).glob("trial_*/result.json")
-    times = [json.loads(line)["reported_at"] for line in result.read_text().splitlines() if line.strip()]
-    return (times[-1] - times[1]) / (len(times) - 2)  # from the end of epoch 1: no warm-up
 
 
 def main() -> None:
@@ -74,8 +62,9 @@ def main() -> None:
                 spec = {"none": [], "tensorboard": ["tensorboard"],
                         "mlflow": [{"name": "mlflow", "tracking_uri": f"sqlite:///{scratch}/ours-{repeat}.db"}],
                         "Tune's MLflowLoggerCallback": []}[variant]
-                times[variant].append(seconds_per_epoch(experiment(str(scratch / "results"), args.epochs, spec),
-                                                        variant, store))
+                cfg = experiment(str(scratch / "results"), DIGITS + [f"sweep.loggers={json.dumps(spec)}"], args.epochs,
+                                 None)
+                times[variant].append(seconds_per_epoch(cfg, variant, store))
         base = statistics.median(times["none"])
         print(f"digits MLP, {args.epochs} epochs, one trial, median of {args.repeats} "
               f"(seconds per epoch, ratio to no tracker):")
