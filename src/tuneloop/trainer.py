@@ -71,7 +71,7 @@ class Trainer:
         self._max_grad_norm: float | None = None  # GradientMonitorCallback: epoch's max grad L2 norm
         self._loss_prediction: float | None = None  # LossPredictionCallback: -log10(predicted final loss)
         self._overfit_gap_ratio: float | None = None  # OverfitDetectionCallback: val/train when diverging
-        self._epoch_checkpoint: str | None = None  # CheckpointCallback: dir of this epoch's checkpoint (see its `background`)
+        self._epoch_checkpoint: str | None = None  # CheckpointCallback: this epoch's checkpoint dir (its `background`)
 
     def train(self, train_loader, val_loader, epochs: int, start_epoch: int = 0) -> float:
         """Train epochs `start_epoch … epochs-1`; return the last val_loss (inf after a NaN stop).

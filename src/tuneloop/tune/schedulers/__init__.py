@@ -74,7 +74,8 @@ def check_scheduler(cfg: ExperimentConfig) -> None:
     if isinstance(grace, (int, float)) and grace >= epochs and "epochs" not in cfg.sweep.params():
         raise UserError("grace_period < run.epochs must hold (a trial is first compared with the others after "
                         "grace_period epochs; at or past its last epoch none is ever stopped)",
-                        key="sweep.scheduler.grace_period", value=Verbatim(f"grace_period={grace:g}, run.epochs={epochs}"))
+                        key="sweep.scheduler.grace_period",
+                        value=Verbatim(f"grace_period={grace:g}, run.epochs={epochs}"))
     if scheduler.name == "pfl":
         if kwargs.get("predictor", SWEEP_PREDICTOR) not in PREDICTORS:
             raise UserError("must name a predictor", key="sweep.scheduler.predictor", value=kwargs["predictor"],
