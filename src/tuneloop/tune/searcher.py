@@ -7,6 +7,11 @@ NaN trials. Here every trial ends in the study as:
 - FAIL — it raised, or its loss went NaN/inf.
 Each report carries `trial_done` (its own end) set by PrunerCallback; Ray does not hand the
 result that triggered a STOP to `on_trial_result`, so the last value is reported on completion.
+
+Once Tune snapshots the experiment (`save`), a trial that started after its last snapshot is told
+its end only at the next one: until then a killed driver's restore knows nothing of it, and its
+Optuna trial must still be RUNNING, so that the restored searcher adopts it for a new trial
+(`restore`) instead of the study keeping a trial that Tune's results have lost.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class TruthfulOptunaSearch(OptunaSearch):
         super().__init__(*args, storage=optuna.storages.RDBStorage(self._url()), **kwargs)
         self._reported: dict[str, set[int]] = {}  # trial id → epochs told to Optuna
         self._last: dict[str, dict] = {}  # trial id → last result seen (a paused trial completes without one)
+        self._unsaved: set[str] | None = None  # trials suggested since Tune's last snapshot (None: none yet)
+        self._held: dict[str, tuple] = {}  # trial id → (value, state): ended, told at `save`
 
     def bind(self, place: SweepPlace | None) -> None:
         """The sweep is at `place` now: open its study again (after Tune unpickled this searcher)."""
@@ -71,6 +78,11 @@ class TruthfulOptunaSearch(OptunaSearch):
         self.__dict__.pop("_place", None)
 
     def save(self, checkpoint_path: str) -> None:
+        """Tune's snapshot, which now holds every trial suggested so far: their ends are told."""
+        held, self._held = getattr(self, "_held", {}), {}
+        for trial_id, (value, state) in held.items():
+            self._tell(_compat.optuna_trials(self)[trial_id], value, state)
+        self._unsaved = set()
         with open(checkpoint_path, "wb") as handle:
             pickle.dump(self.__getstate__(), handle)
 
@@ -102,8 +114,12 @@ class TruthfulOptunaSearch(OptunaSearch):
             adopted = _compat.adopt_optuna_trial(self, trial_id, orphan)
             self._reported[trial_id] = set(orphan.intermediate_values)
             logger.info("trial %s adopts Optuna trial %d asked for before the restore", trial_id, orphan.number)
-            return dict(adopted.params)
-        return super().suggest(trial_id)
+            suggested = dict(adopted.params)
+        else:
+            suggested = super().suggest(trial_id)
+        if suggested is not None and getattr(self, "_unsaved", None) is not None:
+            self._unsaved.add(trial_id)
+        return suggested
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._last[trial_id] = result
@@ -133,8 +149,14 @@ class TruthfulOptunaSearch(OptunaSearch):
         self._report(trial_id, result)
         state, value = outcome(result, error, self.metric)
         completed.add(trial_id)
+        if trial_id in (getattr(self, "_unsaved", None) or ()):  # not in Tune's snapshot yet: told at the next
+            self.__dict__.setdefault("_held", {})[trial_id] = (value, state)
+            return
+        self._tell(trials[trial_id], value, state)
+
+    def _tell(self, ot_trial, value: float | None, state: str) -> None:
         try:
-            _compat.optuna_study(self).tell(trials[trial_id], value, state=OPTUNA_STATES[state], skip_if_finished=True)
+            _compat.optuna_study(self).tell(ot_trial, value, state=OPTUNA_STATES[state], skip_if_finished=True)
         except RuntimeError as exc:
             if not _compat.grid_exhausted(exc):  # GridSampler's study.stop(): the state was stored before
                 raise
