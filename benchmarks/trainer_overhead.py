@@ -15,11 +15,16 @@ W&B and the trial's metrics.csv are left out:
   (d)  a bare loop over the very same loaders, model, optimizer and scheduler, doing what the recipe
        needs by hand (optimizer.train()/eval() around validation for SPlus, scheduler.step()),
   (e)  the Trainer of that trial, `run.epochs` epochs per run (its checkpoints written in the
-       background, as in a trial on local storage).
+       background, as in a trial on local storage),
+  (e') the same without its checkpoints: what (e) costs beyond the checkpoint.
+
+(a') and (d') are the bare loops run a second time in each round: their ratios to (a) and (d) show
+how far this machine's noise alone moves a ratio (on a shared 2-core VM, their quartiles can span
+±10%: read (b), (c') and (e) against them).
 
 As ms/epoch and as ratios to the case's bare loop. The variants run interleaved (one run of each
-per round, so drift hits all alike) after a warm-up round; reported are the median time per epoch
-and the median of the per-round ratios. Targets: (b) <= 1.03, (c') <= 1.05, (e) <= 1.05 ((c) is for
+per round, so drift hits all alike; between runs, garbage collected and files synced) after a warm-up round; reported
+are the median time per epoch, the median and quartiles of the per-round ratios. Targets: (b) <= 1.03, (c') <= 1.05, (e) <= 1.05 ((c) is for
 reference).
 
 Run: `.venv/bin/python benchmarks/trainer_overhead.py [--epochs 20 --repeats 9 --threads 1 --clock wall]`.
@@ -28,7 +33,9 @@ Run: `.venv/bin/python benchmarks/trainer_overhead.py [--epochs 20 --repeats 9 -
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
+import os
 import statistics
 import tempfile
 import time
@@ -156,9 +163,10 @@ def default_bare() -> float:
                      list(trainer.metrics.values()), parts.train_loader, parts.val_loader, parts.config.epochs)
 
 
-def default_trainer() -> float:
+def default_trainer(checkpoints: bool = True) -> float:
     with tempfile.TemporaryDirectory(prefix="tuneloop-bench-") as directory:
-        parts = default_run(Path(directory), [PrunerCallback(report=lambda metrics, checkpoint_dir: None)])
+        parts = default_run(Path(directory) if checkpoints else None,
+                            [PrunerCallback(report=lambda metrics, checkpoint_dir: None)])
         started = clock()
         parts.trainer.train(parts.train_loader, parts.val_loader, parts.config.epochs)
         assert parts.trainer.stop_reason is None
@@ -178,19 +186,24 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     variants = {
         "(a)  bare PyTorch loop": lambda: bare(args.epochs),
+        "(a') (a) again: the noise floor": lambda: bare(args.epochs),
         "(b)  Trainer, no callbacks": lambda: with_trainer(args.epochs, no_callbacks),
         "(c)  Trainer, 8 built-ins (no W&B)": lambda: with_trainer(args.epochs, all_builtins(True)),
         "(c') (c) without Checkpoint": lambda: with_trainer(args.epochs, all_builtins(False)),
         "(d)  default experiment, bare loop": default_bare,
         "(e)  default experiment, Trainer": default_trainer,
+        "(e') (e) without its checkpoints": lambda: default_trainer(checkpoints=False),
+        "(d') (d) again: the noise floor": default_bare,
     }
-    bases = {name: "(d)  default experiment, bare loop" if name.startswith(("(d)", "(e)"))
+    bases = {name: "(d)  default experiment, bare loop" if name.startswith(("(d", "(e"))
              else "(a)  bare PyTorch loop" for name in variants}
     for run in variants.values():  # warm-up
         run()
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):  # interleaved, so drift hits every variant alike
         for name, run in variants.items():
+            gc.collect()  # a variant's garbage is not collected inside the next one's timing,
+            os.sync()  # nor its checkpoint files written back to the disk
             times[name].append(run())
     run = load_experiment(EXPERIMENT).run
     print(f"CPU, {args.threads} thread(s), {args.clock} clock, {args.repeats} interleaved rounds (after a warm-up "
@@ -199,12 +212,16 @@ def main() -> None:
     print(f"case 2: {EXPERIMENT.name}: {run.net.rpartition('.')[2]} {run.net_config}, "
           f"{run.optimizer.rpartition('.')[2]}, batch {run.batch_size}, metrics {run.metrics}, checkpoint every "
           f"{run.checkpoint_config.save_every_n_epochs} epochs, {run.epochs} epochs per run")
-    print(f"  {'variant':<36} {'median ms/epoch':>15} {'ratio':>8} {'min ms/epoch':>13}")
+    print(f"  {'variant':<36} {'median ms/epoch':>15} {'ratio':>8} {'quartiles':>12} {'min ms/epoch':>13}")
     for name, values in times.items():
         base = times[bases[name]]
-        ratio = statistics.median(v / b for v, b in zip(values, base))
-        print(f"  {name:<36} {statistics.median(values) * 1000:15.2f} {ratio:8.3f} {min(values) * 1000:13.2f}")
+        ratios = [v / b for v, b in zip(values, base)]
+        low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios * 3)
+        print(f"  {name:<36} {statistics.median(values) * 1000:15.2f} {statistics.median(ratios):8.3f} "
+              f"{low:6.3f}-{high:.3f} {min(values) * 1000:13.2f}")
     print("  targets: (b) <= 1.03, (c') <= 1.05, (e) <= 1.05   ((b), (c), (c') against (a); (e) against (d))")
+    print("  (a') and (d') run the bare loops a second time: how far their ratios and quartiles stray from 1.000 is "
+          "what this machine's noise alone does to a ratio")
     print("  (c), a checkpoint every epoch, is for reference: benchmarks/checkpoint_overhead.py has the checkpoint "
           "targets")
 
