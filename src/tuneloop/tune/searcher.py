@@ -73,13 +73,15 @@ class TruthfulOptunaSearch(OptunaSearch):
         return _compat.detach_optuna(state, self)
 
     def __setstate__(self, state: dict) -> None:
-        """Everything but the study, which `bind` opens where the sweep is now."""
+        """Everything but the study, which `bind` opens where the sweep is now. A state saved before
+        `_unsaved` and `_held` existed holds nothing back until the next snapshot, as before."""
+        self._unsaved, self._held = None, {}
         self._pending = _compat.attach_optuna(self, state)
         self.__dict__.pop("_place", None)
 
     def save(self, checkpoint_path: str) -> None:
         """Tune's snapshot, which now holds every trial suggested so far: their ends are told."""
-        held, self._held = getattr(self, "_held", {}), {}
+        held, self._held = self._held, {}
         for trial_id, (value, state) in held.items():
             self._tell(_compat.optuna_trials(self)[trial_id], value, state)
         self._unsaved = set()
@@ -117,7 +119,7 @@ class TruthfulOptunaSearch(OptunaSearch):
             suggested = dict(adopted.params)
         else:
             suggested = super().suggest(trial_id)
-        if suggested is not None and getattr(self, "_unsaved", None) is not None:
+        if suggested is not None and self._unsaved is not None:
             self._unsaved.add(trial_id)
         return suggested
 
@@ -149,8 +151,8 @@ class TruthfulOptunaSearch(OptunaSearch):
         self._report(trial_id, result)
         state, value = outcome(result, error, self.metric)
         completed.add(trial_id)
-        if trial_id in (getattr(self, "_unsaved", None) or ()):  # not in Tune's snapshot yet: told at the next
-            self.__dict__.setdefault("_held", {})[trial_id] = (value, state)
+        if trial_id in (self._unsaved or ()):  # not in Tune's snapshot yet: told at the next
+            self._held[trial_id] = (value, state)
             return
         self._tell(trials[trial_id], value, state)
 
