@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tl_testing import Probe
 
-from tuneloop.callbacks import TrainingCallback
+from tuneloop.callbacks import CheckpointCallback, TrainingCallback
 
 
 class ChaosProbe(Probe):
@@ -45,6 +45,11 @@ class KillWorker(TrainingCallback):
         (self.marker_dir / f"{trial_id}.{attempt}").write_text(str(os.getpid()))
         if attempt >= times:
             return
+        # killed after the last epoch's checkpoint is on disk, as the tests that use this expect (a
+        # trial writes it in the background: a kill during that write resumes from the one before)
+        for callback in trainer.callbacks:
+            if isinstance(callback, CheckpointCallback):
+                callback._writer.wait()
         if how == "inside":
             os.kill(os.getpid(), signal.SIGKILL)
         pid_file = self.marker_dir / f"{trial_id}.{attempt}.pid"
