@@ -89,6 +89,50 @@ def test_a_tracking_server_that_does_not_answer_is_one_warning_and_a_count(tmp_p
     assert GIVE_UP_AFTER < 1 + 2 * 7
 
 
+def test_a_writer_killed_while_it_creates_the_sqlite_store_leaves_none_half_made(tmp_path):
+    """MLflow makes a new SQLite store's tables one migration at a time, for seconds: the store's file
+    is never seen part-made, and a writer killed meanwhile (its driver was) leaves none that the next
+    writer cannot open and log to ("table ... already exists")."""
+    import mlflow
+
+    from tuneloop.tune import mlflow_writer
+
+    store = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{store}"
+    writer = subprocess.Popen([sys.executable, "-c", "import sys; from tuneloop.tune import mlflow_writer as w; "
+                               "w.connect(sys.argv[1], None, 'probe')", uri])
+    seen, revisions = set(), []  # the revisions the store's file was seen at; those of the migrations seen
+    deadline = time.monotonic() + 60
+    while len(revisions) < 4:  # a few migrations in
+        assert writer.poll() is None and time.monotonic() < deadline, f"the writer ended: {revisions}"
+        seen.add(_revision(store))
+        for path in tmp_path.iterdir():
+            if _revision(path) not in (None, *revisions[-1:]):
+                revisions.append(_revision(path))
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=30)
+    mlflow_writer.connect(uri, None, "probe")  # the next driver's writer, here in this process
+    mlflow_writer.start_run("t1", "trial_t1", {"lr": "0.1"}, {})
+    mlflow_writer.log_result("t1", 0, 0, {"val_loss": 0.5})
+    mlflow_writer._STATE.clear()
+    client = mlflow.MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("probe").experiment_id])
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_loss")] == [(0, 0.5)]
+    assert seen - {None} <= {_revision(store)}, "the store's file was seen part-made"
+    assert [path.name for path in tmp_path.iterdir() if path != store] == []  # the killed writer's scratch too
+
+
+def _revision(path: Path) -> str | None:
+    """The MLflow schema revision of the SQLite file `path`; None where it has none (yet) or is busy."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.05) as db:
+            return db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+    except (sqlite3.Error, TypeError):  # no such file or table yet, being written, or no row yet
+        return None
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     """`mlflow server` on 127.0.0.1 with an SQLite store in tmp_path; its URL."""

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -68,6 +69,7 @@ def connect(tracking_uri: str, registry_uri: str | None, experiment_name: str) -
     from mlflow import MlflowClient
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial MLflow database tables"
+    _create_sqlite_store(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
@@ -119,6 +121,46 @@ def end_run(trial_id: str, state: str) -> None:
     if run_id is not None:
         client.set_tag(run_id, STATE_TAG, state)
         client.set_terminated(run_id, status=RUN_STATUS[state])
+
+
+def _create_sqlite_store(tracking_uri: str) -> None:
+    """A new SQLite store is created whole or not at all: its tables are made in a scratch file beside
+    it, which then takes the store's name. MLflow makes them in place, one migration at a time (seconds
+    on a slow machine); a writer killed in between (it exits a second after its driver dies) left a
+    store that no later client could open ("table ... already exists")."""
+    from mlflow import MlflowClient
+    from sqlalchemy.engine import make_url
+
+    database = make_url(tracking_uri).database if tracking_uri.startswith("sqlite:") else None
+    if not database or database == ":memory:" or os.path.exists(database):
+        return
+    folder, name = os.path.split(os.path.abspath(database))
+    store, prefix = os.path.join(folder, name), f".{name}.{socket.gethostname()}."
+    for stale in os.listdir(folder):  # a killed writer's scratch, on this machine
+        pid = stale.removeprefix(prefix).removesuffix(".new")
+        if stale.startswith(prefix) and stale.endswith(".new") and pid.isdigit() and not _alive(int(pid)):
+            os.unlink(os.path.join(folder, stale))
+    scratch = os.path.join(folder, f"{prefix}{os.getpid()}.new")
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{scratch}").search_experiments(max_results=1)  # makes the tables
+        try:
+            os.link(scratch, store)  # never over a store another writer made meanwhile
+        except FileExistsError:
+            pass
+    finally:
+        if os.path.exists(scratch):
+            os.unlink(scratch)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def _connected():
