@@ -59,3 +59,38 @@ def test_a_trial_restarted_in_the_same_driver_keeps_its_local_rows(tmp_path):
     (remote / "progress.csv").write_text("epoch\n0\n")
     csv_logger._restore_from_remote("progress.csv", trial)
     assert (local / "progress.csv").read_text() == "epoch\n0\n"  # no local file: the storage's copy
+
+
+def test_tunes_callback_count_by_name_is_rays_count_without_importing_the_trackers():
+    """Ray's usage telemetry counts a run's callbacks by importing wandb and mlflow (2 s of a driver's
+    CPU); the count by name is the same count, and imports neither."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    import ray.air._internal.usage as usage
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.tune import Callback
+    from ray.tune.logger import JsonLoggerCallback, LoggerCallback
+
+    from tuneloop.tune.mlflow_logger import MLflowTracker
+
+    class Mine(Callback):
+        pass
+
+    class MyLogger(LoggerCallback):
+        pass
+
+    callbacks = [JsonLoggerCallback(), JsonLoggerCallback(), MLflowLoggerCallback(), Mine(), MyLogger(),
+                 MLflowTracker(experiment_name="probe", metric="val_loss"), object()]
+    spec = importlib.util.spec_from_file_location("ray_usage_as_shipped", usage.__file__)
+    shipped = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shipped)  # Ray's own count (the running one may be replaced already)
+    assert _compat._count_callbacks(callbacks) == dict(shipped._count_callbacks(callbacks))
+    assert _compat._count_callbacks(callbacks) == {"JsonLoggerCallback": 2, "MLflowLoggerCallback": 1,
+                                                   "CustomCallback": 1, "CustomLoggerCallback": 2}
+    code = ("import sys\nfrom ray.air._internal import usage\nfrom ray.tune.logger import JsonLoggerCallback\n"
+            "from tuneloop.tune import _compat\n_compat.count_callbacks_by_name()\n"
+            "usage.tag_callbacks([JsonLoggerCallback()])\n"
+            "print(sorted(n for n in ('mlflow', 'wandb', 'comet_ml', 'aim') if n in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

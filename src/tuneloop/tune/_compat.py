@@ -201,6 +201,39 @@ def stop_propagating_credentials() -> None:
         class_cache.ENV_VARS_TO_PROPAGATE = set(propagated) - PROPAGATED_CREDENTIALS
 
 
+# Tune counts a run's callbacks for Ray's usage telemetry (`air_usage.tag_callbacks`, ray/tune/tune.py)
+# by importing the W&B, MLflow, Comet and Aim integrations to compare classes: wandb and mlflow with
+# them, about 2 s of CPU in every driver, most of which use neither. No setting skips the count.
+BUILT_IN_LOGGERS = ("WandbLoggerCallback", "MLflowLoggerCallback", "CometLoggerCallback", "AimLoggerCallback")
+
+
+def count_callbacks_by_name() -> None:
+    """Make Tune's callback count compare class names, as its own does, without those imports."""
+    try:
+        from ray.air._internal import usage
+    except ImportError:  # another Ray layout: its own count stays
+        return
+    if callable(getattr(usage, "_count_callbacks", None)):
+        usage._count_callbacks = _count_callbacks
+
+
+def _count_callbacks(callbacks) -> dict[str, int]:
+    """Ray's `_count_callbacks` (callback class name → count), by name."""
+    from ray.tune import Callback
+    from ray.tune.logger import LoggerCallback
+    from ray.tune.utils.callback import DEFAULT_CALLBACK_CLASSES
+
+    built_in = {*BUILT_IN_LOGGERS, *(cls.__name__ for cls in DEFAULT_CALLBACK_CLASSES)}
+    counts: dict[str, int] = {}
+    for callback in callbacks or []:
+        if isinstance(callback, Callback):
+            name = type(callback).__name__
+            if name not in built_in:
+                name = "CustomLoggerCallback" if isinstance(callback, LoggerCallback) else "CustomCallback"
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def tuner_parts(tuner) -> list:
     """The searcher, the scheduler and the callbacks a Tuner will run with (for a restored Tuner: the
     ones Tune unpickled from `tuner.pkl`), so the driver can bind them to where the sweep is now.

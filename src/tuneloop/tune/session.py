@@ -66,6 +66,7 @@ def ensure_ray(address: str | None, *, trial_log=None, tune_trials: bool = False
 
     apply_tune_settings()
     filter_ray_notices()
+    _compat.count_callbacks_by_name()  # not by importing wandb and mlflow
     keep_credentials_out_of_ray()  # Ray Tune would log the driver's AWS keys (tuneloop.tune.credentials)
     if ray.is_initialized():
         return False
