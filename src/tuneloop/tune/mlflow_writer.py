@@ -136,9 +136,9 @@ def _create_sqlite_store(tracking_uri: str) -> None:
         return
     folder, name = os.path.split(os.path.abspath(database))
     store, prefix = os.path.join(folder, name), f".{name}.{socket.gethostname()}."
-    for stale in os.listdir(folder):  # a killed writer's scratch, on this machine
-        pid = stale.removeprefix(prefix).removesuffix(".new")
-        if stale.startswith(prefix) and stale.endswith(".new") and pid.isdigit() and not _alive(int(pid)):
+    for stale in os.listdir(folder):  # a killed writer's scratch (and SQLite's journal of it), on this machine
+        pid, dot, rest = stale.removeprefix(prefix).partition(".")
+        if stale.startswith(prefix) and pid.isdigit() and rest in ("new", "new-journal") and not _alive(int(pid)):
             os.unlink(os.path.join(folder, stale))
     scratch = os.path.join(folder, f"{prefix}{os.getpid()}.new")
     try:
@@ -148,8 +148,9 @@ def _create_sqlite_store(tracking_uri: str) -> None:
         except FileExistsError:
             pass
     finally:
-        if os.path.exists(scratch):
-            os.unlink(scratch)
+        for leftover in (scratch, f"{scratch}-journal"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
 
 
 def _alive(pid: int) -> bool:
