@@ -6,25 +6,34 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from tuneloop.recipes.cache import cached_tensors
 from tuneloop.recipes.digits import mlp
 
 
 def load_data(val_fraction: float = 0.2, split_seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
-    """(train, val) TensorDatasets: 10 standardized features, target standardized (shape [N, 1])."""
-    from sklearn.datasets import load_diabetes
-    from sklearn.model_selection import train_test_split
+    """(train, val) TensorDatasets: 10 standardized features, target standardized (shape [N, 1])
+    (standardized with the train split's statistics; cached: `tuneloop.recipes.cache`)."""
 
-    x, y = load_diabetes(return_X_y=True)
-    x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=val_fraction, random_state=split_seed)
-    x_mean, x_std = x_train.mean(0), x_train.std(0)
-    y_mean, y_std = y_train.mean(), y_train.std()
+    def split() -> dict[str, torch.Tensor]:
+        from sklearn.datasets import load_diabetes
+        from sklearn.model_selection import train_test_split
 
-    def tensors(features, target):
-        return TensorDataset(
-            torch.tensor((features - x_mean) / x_std, dtype=torch.float32),
-            torch.tensor((target - y_mean) / y_std, dtype=torch.float32).unsqueeze(1))
+        x, y = load_diabetes(return_X_y=True)
+        x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=val_fraction, random_state=split_seed)
+        x_mean, x_std = x_train.mean(0), x_train.std(0)
+        y_mean, y_std = y_train.mean(), y_train.std()
 
-    return tensors(x_train, y_train), tensors(x_val, y_val)
+        def features(values):
+            return torch.tensor((values - x_mean) / x_std, dtype=torch.float32)
+
+        def target(values):
+            return torch.tensor((values - y_mean) / y_std, dtype=torch.float32).unsqueeze(1)
+
+        return {"x_train": features(x_train), "y_train": target(y_train),
+                "x_val": features(x_val), "y_val": target(y_val)}
+
+    t = cached_tensors("diabetes", (float(val_fraction), int(split_seed)), split)
+    return TensorDataset(t["x_train"], t["y_train"]), TensorDataset(t["x_val"], t["y_val"])
 
 
 class MLPRegressor(nn.Module):

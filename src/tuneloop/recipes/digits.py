@@ -6,18 +6,26 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from tuneloop.recipes.cache import cached_tensors
+
 
 def load_data(val_fraction: float = 0.2, split_seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
-    """(train, val) TensorDatasets of 64 pixel features scaled to [0, 1] and int64 class labels."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """(train, val) TensorDatasets of 64 pixel features scaled to [0, 1] and int64 class labels
+    (scikit-learn's stratified split, cached: `tuneloop.recipes.cache`)."""
 
-    digits = load_digits()
-    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(digits.target, dtype=torch.int64)
-    x_train, x_val, y_train, y_val = train_test_split(
-        x, y, test_size=val_fraction, random_state=split_seed, stratify=y)
-    return TensorDataset(x_train, y_train), TensorDataset(x_val, y_val)
+    def split() -> dict[str, torch.Tensor]:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+        y = torch.tensor(digits.target, dtype=torch.int64)
+        x_train, x_val, y_train, y_val = train_test_split(
+            x, y, test_size=val_fraction, random_state=split_seed, stratify=y)
+        return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
+
+    t = cached_tensors("digits", (float(val_fraction), int(split_seed)), split)
+    return TensorDataset(t["x_train"], t["y_train"]), TensorDataset(t["x_val"], t["y_val"])
 
 
 def mlp(in_features: int, out_features: int, hidden: int, layers: int, dropout: float) -> nn.Sequential:
