@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from importlib.metadata import version
 
+import pytest
+
 from tuneloop.tune import _compat
 
 
@@ -94,3 +96,32 @@ def test_tunes_callback_count_by_name_is_rays_count_without_importing_the_tracke
             "usage.tag_callbacks([JsonLoggerCallback()])\n"
             "print(sorted(n for n in ('mlflow', 'wandb', 'comet_ml', 'aim') if n in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_fit_in_the_block_reads_no_trial_history_into_its_results(tmp_path):
+    """Tune's ResultGrid reads every trial's result.json into a DataFrame as `fit` ends; inside
+    `results_without_histories` it reads none (tuneloop reads each trial's history itself), and
+    outside the block Tune reads them again."""
+    from ray import tune
+    from ray.tune import ExperimentAnalysis
+    from ray.tune.logger import JsonLoggerCallback
+
+    def reports(config):  # defined here: pickled by value for Ray's workers, which cannot import this module
+        for epoch in range(3):
+            tune.report({"epoch": epoch, "val_loss": config["x"] - epoch})
+
+    def fit(name: str):
+        return tune.Tuner(reports, param_space={"x": tune.grid_search([1.0, 2.0])},
+                          run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0,
+                                                    callbacks=[JsonLoggerCallback()])).fit()  # result.json
+
+    with _compat.results_without_histories():
+        grid = fit("without")
+        inside = ExperimentAnalysis(str(tmp_path / "without"))
+    assert len(grid) == 2 and all(result.metrics_dataframe is None for result in grid)
+    assert sorted(result.metrics["val_loss"] for result in grid) == [-1.0, 0.0]  # the last results stay
+    assert inside.trial_dataframes == {}
+    grid = fit("with")
+    assert all(list(result.metrics_dataframe["epoch"]) == [0, 1, 2] for result in grid)
+    assert all(len(frame) == 3 for frame in ExperimentAnalysis(str(tmp_path / "without")).trial_dataframes.values())

@@ -67,8 +67,7 @@ def tidy_histories(storage: Storage) -> None:
             continue
         names = storage.listdir(trial_dir)
         if TRIAL_RESULTS in names:
-            lines = storage.read_bytes(f"{trial_dir}/{TRIAL_RESULTS}").decode().splitlines()
-            rows = [json.loads(line) for line in lines if line.strip()]
+            rows = trial_history(storage, trial_dir)
             kept = _last_per_epoch(rows, lambda row: row.get("epoch"))
             if len(kept) != len(rows):
                 storage.write_bytes(f"{trial_dir}/{TRIAL_RESULTS}",
@@ -117,19 +116,31 @@ def _last_per_epoch(rows: list, epoch_of) -> list:
 UNFINISHED = ("PENDING", "RUNNING", "PAUSED")  # Tune trial statuses of an interrupted sweep
 
 
-def summarize(cfg: ExperimentConfig, results, trial_ends) -> list[TrialRow]:
-    """One row per trial from Tune's ResultGrid (state `running` for a trial an interrupt left
-    unfinished: Tune's status says so, or `trial_ends`, a TrialEnds, knows it never ended)."""
+def trial_history(storage: Storage, trial_dir: str) -> list[dict]:
+    """The results a trial reported, in order (its result.json; none where it has none yet)."""
+    try:
+        text = storage.read_bytes(f"{trial_dir}/{TRIAL_RESULTS}").decode()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def summarize(cfg: ExperimentConfig, results, trial_ends, storage: Storage) -> list[TrialRow]:
+    """One row per trial of Tune's ResultGrid `results` (state `running` for a trial an interrupt
+    left unfinished: Tune's status says so, or `trial_ends`, a TrialEnds, knows it never ended).
+    Each trial's history is read from `storage` one trial at a time (the ResultGrid holds none:
+    `tuneloop.tune._compat.results_without_histories`)."""
     cut = trial_ends.cut_short()
     unfinished = {t.trial_id for t in trial_ends.trials if t.status in UNFINISHED or t.trial_id in cut}
     configs = {t.trial_id: t.config for t in trial_ends.trials}  # a trial that never reported has no result config
     rows = []
     for result in results:
-        history = result.metrics_dataframe
-        epochs = history.to_dict("records") if history is not None and "val_loss" in history else []
+        epochs = trial_history(storage, Path(result.path).name)
+        if not any("val_loss" in row for row in epochs):
+            epochs = []
         if cfg.sweep.scheduler.name not in HISTORY_REWINDS:  # an epoch run again after a resume counts once
             epochs = _last_per_epoch(epochs, lambda row: row.get("epoch"))
-        losses = [row["val_loss"] for row in epochs]
+        losses = [row.get("val_loss", math.nan) for row in epochs]
         finite_losses = [v for v in losses if finite(v)]
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")

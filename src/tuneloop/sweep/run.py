@@ -137,7 +137,7 @@ def drive(cfg: ExperimentConfig, place: SweepPlace, make_tuner, address: str | N
 
     from tuneloop.config.schedulers import REGISTRY as SCHEDULERS
     from tuneloop.sweep.tuner import SweepParts
-    from tuneloop.tune._compat import version_warnings
+    from tuneloop.tune._compat import results_without_histories, version_warnings
     from tuneloop.tune.preload import preload_for
     from tuneloop.tune.session import ensure_ray, stop_ray
     from tuneloop.tune.state import publish_final, snapshot_policy
@@ -155,7 +155,7 @@ def drive(cfg: ExperimentConfig, place: SweepPlace, make_tuner, address: str | N
         tuner = make_tuner()
         parts = SweepParts.bind(tuner, place)
         parts.progress.display(quiet=quiet, trial_log=trial_log)
-        with snapshot_policy(SCHEDULERS[cfg.sweep.scheduler.name].pauses):
+        with snapshot_policy(SCHEDULERS[cfg.sweep.scheduler.name].pauses), results_without_histories():
             results = tuner.fit()
         if parts.trial_ends.all_ended():  # an interrupted sweep keeps the state Tune saved when it stopped
             publish_final(parts.trial_ends.trials, place.storage)
@@ -171,7 +171,7 @@ def finish(cfg: ExperimentConfig, place: SweepPlace, results, trial_ends) -> int
     directory, storage = place.directory, place.storage
     if cfg.sweep.scheduler.name not in HISTORY_REWINDS:
         tidy_histories(storage)
-    rows = summarize(cfg, results, trial_ends)
+    rows = summarize(cfg, results, trial_ends, storage)
     best = write_results(cfg, rows, directory)
     print_table(cfg, rows, best)
     unfinished = [r for r in rows if r.state == "running"]

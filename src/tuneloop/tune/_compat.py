@@ -8,6 +8,7 @@ No other module of tuneloop names a private attribute of Ray, Optuna or wandb (a
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 WRITTEN_FOR = {"ray": ((2, 60), (2, 61)), "optuna": ((4, 0), (6, 0))}  # [low, high) of (major, minor)
@@ -288,6 +289,23 @@ TUNER_FILE = "tuner.pkl"  # the Tuner as Tune pickled it at the start (searcher,
 STATE_PATTERNS = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl",
                   "callback-states-*.pkl", TUNER_FILE)
 SEARCH_GENERATOR_STATE = "search_gen_state-"
+
+
+@contextlib.contextmanager
+def results_without_histories():
+    """While the block runs, Tune's `ExperimentAnalysis` (which `Tuner.fit` builds as it ends, for
+    its ResultGrid) reads no trial's history: each Result's `metrics_dataframe` is None. It would
+    read every trial's whole result.json into a pandas DataFrame at once (about 60 KB per trial in
+    the driver, and seconds at thousands of trials), for histories that tuneloop reads itself, one
+    trial at a time (`tuneloop.sweep.results.summarize`). No public option of Tune skips them."""
+    from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
+
+    original = ExperimentAnalysis.__dict__["_fetch_trial_dataframes"]
+    ExperimentAnalysis._fetch_trial_dataframes = lambda self: {}
+    try:
+        yield
+    finally:
+        ExperimentAnalysis._fetch_trial_dataframes = original
 
 
 def experiment_staging_dir(trial) -> Path:
