@@ -15,10 +15,19 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.utils.data import TensorDataset
 
 from tuneloop._io import atomic_write
 
 CACHE_ENV = "TUNELOOP_CACHE_DIR"  # default: $XDG_CACHE_HOME/tuneloop, else ~/.cache/tuneloop
+
+
+def cached_split(name: str, val_fraction: float, split_seed: int,
+                 make: Callable[[], dict[str, torch.Tensor]]) -> tuple[TensorDataset, TensorDataset]:
+    """(train, val) TensorDatasets of `make()`'s `x_train`, `y_train`, `x_val` and `y_val`, cached
+    for data `name` split by (`val_fraction`, `split_seed`) (`cached_tensors`)."""
+    t = cached_tensors(name, (float(val_fraction), int(split_seed)), make)
+    return TensorDataset(t["x_train"], t["y_train"]), TensorDataset(t["x_val"], t["y_val"])
 
 
 def cached_tensors(name: str, params: tuple, make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from tuneloop.recipes.cache import cached_tensors
+from tuneloop.recipes.cache import cached_split
 from tuneloop.recipes.digits import mlp
 
 
@@ -32,8 +32,7 @@ def load_data(val_fraction: float = 0.2, split_seed: int = 0) -> tuple[TensorDat
         return {"x_train": features(x_train), "y_train": target(y_train),
                 "x_val": features(x_val), "y_val": target(y_val)}
 
-    t = cached_tensors("diabetes", (float(val_fraction), int(split_seed)), split)
-    return TensorDataset(t["x_train"], t["y_train"]), TensorDataset(t["x_val"], t["y_val"])
+    return cached_split("diabetes", val_fraction, split_seed, split)
 
 
 class MLPRegressor(nn.Module):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from tuneloop.recipes.cache import cached_tensors
+from tuneloop.recipes.cache import cached_split
 
 
 def load_data(val_fraction: float = 0.2, split_seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
@@ -24,8 +24,7 @@ def load_data(val_fraction: float = 0.2, split_seed: int = 0) -> tuple[TensorDat
             x, y, test_size=val_fraction, random_state=split_seed, stratify=y)
         return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
 
-    t = cached_tensors("digits", (float(val_fraction), int(split_seed)), split)
-    return TensorDataset(t["x_train"], t["y_train"]), TensorDataset(t["x_val"], t["y_val"])
+    return cached_split("digits", val_fraction, split_seed, split)
 
 
 def mlp(in_features: int, out_features: int, hidden: int, layers: int, dropout: float) -> nn.Sequential:

@@ -135,7 +135,8 @@ def summarize(cfg: ExperimentConfig, results, trial_ends, storage: Storage) -> l
     configs = {t.trial_id: t.config for t in trial_ends.trials}  # a trial that never reported has no result config
     rows = []
     for result in results:
-        epochs = trial_history(storage, Path(result.path).name)
+        trial_dir = Path(result.path).name
+        epochs = trial_history(storage, trial_dir)
         if not any("val_loss" in row for row in epochs):
             epochs = []
         if cfg.sweep.scheduler.name not in HISTORY_REWINDS:  # an epoch run again after a resume counts once
@@ -143,7 +144,7 @@ def summarize(cfg: ExperimentConfig, results, trial_ends, storage: Storage) -> l
         losses = [row.get("val_loss", math.nan) for row in epochs]
         finite_losses = [v for v in losses if finite(v)]
         metrics = result.metrics or {}
-        trial_id = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
+        trial_id = metrics.get("trial_id") or trial_dir.removeprefix("trial_")
         # A trial that neither reported nor raised never got going: an interrupt stopped it as it
         # started (Tune then marks it TERMINATED), so it is unfinished, not failed.
         never_reported = "epoch" not in metrics and result.error is None  # (Tune's default result: its id)
