@@ -90,7 +90,10 @@ def test_trial_on_a_lost_node_resumes_on_the_other_node(tmp_path, ray_cluster, m
     experiment = probe_experiment(tmp_path, epochs=EPOCHS, num_samples=TRIALS, max_concurrent_trials=TRIALS,
                                   max_failures=2, resources_per_trial={"cpu": 1, "gpu": 1})
     experiment["run"]["net_config"]["delay"] = DELAY
-    experiment["run"]["checkpoint_config"]["save_every_n_epochs"] = 1
+    # every checkpoint stays after the sweep: the lost process's report of an adopted checkpoint can
+    # reach the driver's result callbacks while its save task dies with the node, and retention
+    # (tuneloop.tune.retention, last keep_last_k by epoch) would then delete that checkpoint at the end
+    experiment["run"]["checkpoint_config"].update(save_every_n_epochs=1, keep_last_k=EPOCHS)
     experiment["run"]["early_stopping_config"] = {"enabled": False}
     experiment["run"]["callbacks"] = [{"class": "tl_testing.EpochLog", "path": str(log)}]
     cfg = validate_experiment(experiment, file="lost_node.yaml")
