@@ -13,21 +13,10 @@ import optuna
 import pytest
 import yaml
 
-from tl_s3 import BUCKET
+from tl_s3 import BUCKET, objects
 from tl_sweeps import interrupt_after, launch, probe_experiment
 
 EPOCHS, TRIALS = 6, 3
-
-
-def objects(endpoint: str, prefix: str) -> dict[str, bytes]:
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=endpoint)
-    found = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
-        for item in page.get("Contents", []):
-            found[item["Key"][len(prefix):]] = client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
-    return found
 
 
 @pytest.mark.slow

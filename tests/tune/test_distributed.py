@@ -5,6 +5,8 @@ their checks into as few sweeps as they can."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -16,6 +18,7 @@ import pytest
 import yaml
 
 from tl_ray import ray_processes_after
+from tl_s3 import BUCKET, objects
 from tl_sweeps import launch, launch_until_gated, probe_experiment, run_sweep, running, study_of, trial_rows
 from tuneloop import cli
 from tuneloop.tune.distributed import state_api_installed
@@ -205,3 +208,39 @@ def test_a_killed_driver_and_tuneloop_resume_continue_a_distributed_trial_from_i
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == rows[-1]["val_loss"]
     assert [trial.intermediate_values[e] for e in range(4)] == [r["val_loss"] for r in rows]
     assert csv_epochs(next(directory.glob("trial_*"))) == [0, 1, 2, 3]
+
+
+def test_a_two_node_trial_on_s3_stores_rank_zeros_files_and_its_checkpoints_in_the_bucket(
+        ray_cluster, s3_endpoint, tmp_path, monkeypatch):
+    """The two-node cluster with the sweep's storage on S3 (a moto server): rank 0 writes metrics.csv
+    into its own scratch directory and puts it into the trial's directory in the bucket itself,
+    since on a cluster of several hosts it may run on another host than the Tune trial, whose local
+    working directory (what Ray syncs) is then out of its reach. Ray Train's checkpoints, Tune's
+    result.json and the driver's files are in the bucket; the study is truthful."""
+    monkeypatch.chdir(tmp_path)  # the driver's local copy of an S3 sweep (results/probe) goes here
+    experiment = distributed_experiment(tmp_path, num_samples=1, max_concurrent_trials=1, scheduler={"name": "fifo"},
+                                        resources_per_trial={"workers": 2, "cpu": 0.75, "gpu": 0},
+                                        storage_path=f"s3://{BUCKET}/dist", s3_endpoint=s3_endpoint)
+    experiment["run"]["epochs"] = 3
+    experiment["run"]["callbacks"] = [{"class": "tl_chaos.RankLog", "path": str(tmp_path / "ranks.jsonl")}]
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    assert cli.main(["sweep", str(path), "--quiet", "--address", ray_cluster.address]) == 0
+
+    logged = [json.loads(line) for line in (tmp_path / "ranks.jsonl").read_text().splitlines()]
+    nodes = {row["rank"]: row["node"] for row in logged}
+    assert nodes[0] != nodes[1]  # one trial, two nodes
+    stored = objects(s3_endpoint, "dist/probe/")
+    assert {"experiment.yaml", "optuna.db", "results.csv", "sweep_done"} <= set(stored)
+    [trial] = {key.split("/")[0] for key in stored if key.startswith("trial_")}
+    rows = [json.loads(line) for line in stored[f"{trial}/result.json"].decode().splitlines() if line.strip()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[-1]["done_reason"] == "complete"
+    table = list(csv.DictReader(io.StringIO(stored[f"{trial}/metrics.csv"].decode())))
+    assert [int(r["epoch"]) for r in table] == [0, 1, 2]
+    assert [float(r["val_loss"]) for r in table] == pytest.approx([r["val_loss"] for r in rows])
+    assert any(key.startswith(f"{trial}/train/checkpoint_") and key.endswith("/state.pt") for key in stored)
+    # nothing of rank 0's went through a host's local directories of the trial (under the cluster's
+    # Ray temp dir): on several hosts, those of the Tune trial's host are not rank 0's
+    assert not list(Path(os.environ["RAY_TMPDIR"]).rglob("metrics.csv"))
+    [study_trial] = study_of(tmp_path / "results" / "probe").trials
+    assert study_trial.state == optuna.trial.TrialState.COMPLETE and study_trial.value == rows[-1]["val_loss"]

@@ -101,6 +101,7 @@ def fit_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ...]
     """The Tune trial of a distributed run: `TorchTrainer(train_worker, ...).fit()` with `workers`
     workers of `cpu` and `gpu` each, rank 0's reports forwarded to Tune; the Train run lives in
     the trial's directory, so that a restarted trial continues from its latest checkpoint."""
+    import pyarrow.fs
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -120,7 +121,9 @@ def fit_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ...]
         train_worker,
         train_loop_config={"config": config, "run": run, "experiment": experiment, "tags": list(tags),
                            "trial_id": context.get_trial_id(), "trial_name": context.get_trial_name(),
-                           "files": artifact_dir(context), "cpu": cpu, "stop_key": stop_key},
+                           "files": artifact_dir(context), "cpu": cpu, "stop_key": stop_key,
+                           "remote": None if isinstance(filesystem, pyarrow.fs.LocalFileSystem)
+                           else (filesystem, trial_dir)},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu > 0,
                                      resources_per_worker={"CPU": cpu, **({"GPU": gpu} if gpu else {})}),
         run_config=RunConfig(name=TRAIN_DIR, storage_path=trial_dir, storage_filesystem=filesystem,
@@ -180,6 +183,7 @@ def train_worker(loop: dict) -> None:
     from tuneloop.ranks import process_group
     from tuneloop.storage import METRICS_FILE
     from tuneloop.training.build import build_run, run_hash
+    from tuneloop.tune.rank_files import UploadFiles
     from tuneloop.tune.trial_checkpoint import load_tune_checkpoint
 
     torch.set_num_threads(max(1, int(loop["cpu"])))
@@ -192,9 +196,12 @@ def train_worker(loop: dict) -> None:
              "started_at": time.time(), "resumed_from": "", "workers": world_size}
     pruner = PrunerCallback(report=WorkerReport(loop["stop_key"], rank, world_size), static=where)
     extra = [pruner]
-    if rank == 0:  # one writer of the trial's files
-        extra.append(MetricsCsvCallback(Path(loop["files"]) / METRICS_FILE))
     scratch = Path(tempfile.mkdtemp(prefix=f"tuneloop-{loop['trial_id']}-{rank}-"))
+    if rank == 0:  # one writer of the trial's files
+        if loop["remote"] is None:  # local storage: the trial's directory itself (one host, or shared)
+            extra.append(MetricsCsvCallback(Path(loop["files"]) / METRICS_FILE))
+        else:
+            extra += [MetricsCsvCallback(scratch / METRICS_FILE), UploadFiles(scratch, *loop["remote"], [METRICS_FILE])]
     try:
         parts = build_run(run_cfg, device=device, checkpoint_dir=scratch, staging=True, extra_callbacks=extra,
                           wandb_init={"group": loop["experiment"], "id": loop["trial_id"],
@@ -243,3 +250,4 @@ class WorkerReport:
         stopped = "stopped" if self.rank == 0 and _compat.stop_requested(self.stop_key) else None
         if agreed_stop(self.world_size, stopped):
             raise SystemExit(0)
+
