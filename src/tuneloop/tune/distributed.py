@@ -101,12 +101,12 @@ def fit_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ...]
     """The Tune trial of a distributed run: `TorchTrainer(train_worker, ...).fit()` with `workers`
     workers of `cpu` and `gpu` each, rank 0's reports forwarded to Tune; the Train run lives in
     the trial's directory, so that a restarted trial continues from its latest checkpoint."""
-    import pyarrow.fs
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from tuneloop.storage import Storage
     from tuneloop.tune import _compat
     from tuneloop.tune.trainable import artifact_dir
 
@@ -114,6 +114,7 @@ def fit_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ...]
         os.environ.setdefault(name, value)
     context = tune.get_context()
     filesystem, trial_dir = _compat.trial_storage()
+    storage = Storage(filesystem, trial_dir, trial_dir)
     stop_key = f"{context.get_trial_id()}-{time.time_ns()}"
     _compat.STOP_KEYS.append(stop_key)  # raised when Tune stops the trial (`_compat.request_stop`)
     keep = run["checkpoint_config"]["keep_last_k"]
@@ -122,8 +123,7 @@ def fit_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ...]
         train_loop_config={"config": config, "run": run, "experiment": experiment, "tags": list(tags),
                            "trial_id": context.get_trial_id(), "trial_name": context.get_trial_name(),
                            "files": artifact_dir(context), "cpu": cpu, "stop_key": stop_key,
-                           "remote": None if isinstance(filesystem, pyarrow.fs.LocalFileSystem)
-                           else (filesystem, trial_dir)},
+                           "remote": None if storage.is_local else storage},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu > 0,
                                      resources_per_worker={"CPU": cpu, **({"GPU": gpu} if gpu else {})}),
         run_config=RunConfig(name=TRAIN_DIR, storage_path=trial_dir, storage_filesystem=filesystem,
@@ -201,7 +201,7 @@ def train_worker(loop: dict) -> None:
         if loop["remote"] is None:  # local storage: the trial's directory itself (one host, or shared)
             extra.append(MetricsCsvCallback(Path(loop["files"]) / METRICS_FILE))
         else:
-            extra += [MetricsCsvCallback(scratch / METRICS_FILE), UploadFiles(scratch, *loop["remote"], [METRICS_FILE])]
+            extra += [MetricsCsvCallback(scratch / METRICS_FILE), UploadFiles(scratch, loop["remote"], [METRICS_FILE])]
     try:
         parts = build_run(run_cfg, device=device, checkpoint_dir=scratch, staging=True, extra_callbacks=extra,
                           wandb_init={"group": loop["experiment"], "id": loop["trial_id"],
@@ -250,4 +250,3 @@ class WorkerReport:
         stopped = "stopped" if self.rank == 0 and _compat.stop_requested(self.stop_key) else None
         if agreed_stop(self.world_size, stopped):
             raise SystemExit(0)
-

@@ -9,16 +9,15 @@ from tuneloop.storage import Storage
 
 
 class UploadFiles(TrainingCallback):
-    """Rank 0's files (`names` in `local`) copied into the trial's directory `trial_dir` on remote
-    storage after each epoch and as training ends, one PUT each. Rank 0 may run on another host
+    """Rank 0's files (`names` in `local`) copied into the trial's directory on remote storage
+    (`storage`) after each epoch and as training ends, one PUT each. Rank 0 may run on another host
     than the Tune trial, whose working directory is what Ray syncs to the storage: a file written
     under that path on rank 0's host would never reach it."""
 
     priority = 96  # after MetricsCsvCallback (94) wrote the epoch's row
 
-    def __init__(self, local: Path, filesystem, trial_dir: str, names: list[str]):
-        self.local, self.names = Path(local), list(names)
-        self.storage = Storage(filesystem, trial_dir, trial_dir)
+    def __init__(self, local: Path, storage: Storage, names: list[str]):
+        self.local, self.storage, self.names = Path(local), storage, list(names)
 
     def on_epoch_end(self, trainer, **kwargs):
         self.upload()
