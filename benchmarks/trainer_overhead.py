@@ -143,7 +143,7 @@ def all_builtins(checkpoint: bool):
 def default_run(checkpoint_dir=None, extra_callbacks=()):
     """The default experiment's run as a trial builds it (W&B off), on the CPU: on local storage a
     trial writes its checkpoints in the background into the directories Tune persists its reports as
-    (`tuneloop.tune.trainable.write_checkpoints_in_place`); here `checkpoint_dir/tune/checkpoint_<N>`."""
+    (`tuneloop.tune.trial.write_checkpoints_in_place`); here `checkpoint_dir/tune/checkpoint_<N>`."""
     run = load_experiment(EXPERIMENT, ["run.wandb_config.enabled=false"]).run
     parts = build_run(run, device=torch.device("cpu"), checkpoint_dir=checkpoint_dir, staging=True,
                       extra_callbacks=list(extra_callbacks))

@@ -134,3 +134,21 @@ def test_only_the_compat_module_reaches_into_library_internals():
     assert offences == []
     # and the check can fail: the compat module itself is full of them
     assert PRIVATE_NAMES.search(compat.read_text()) and "ray._private" in compat.read_text()
+
+
+def test_a_resuming_driver_imports_no_torch(repo_root):
+    """What `tuneloop resume` runs before and while it drives the restored Tuner (loading the
+    experiment, the Tuner's trainable, the summary and the reports) imports no torch: the driver never
+    trains, and torch costs it about 2 s of start-up and hundreds of MB (the trials import it)."""
+    code = "\n".join([
+        "import sys",
+        "import tuneloop.cli, tuneloop.sweep.resume, tuneloop.sweep.run, tuneloop.reporting.report",
+        "from tuneloop.config import load_experiment",
+        "from tuneloop.sweep.tuner import build_trainable",
+        f"cfg = load_experiment({str(repo_root / 'experiments' / 'digits_mlp.yaml')!r})",
+        "assert build_trainable(cfg) is not None",
+        "print(sorted(n for n in sys.modules if n == 'torch' or n.startswith('torch.')))",
+    ])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"torch was imported: {done.stdout.strip()[:300]}"

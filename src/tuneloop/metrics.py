@@ -3,7 +3,12 @@
 `run.metrics` names one of these (`accuracy`) or gives an import path to a function of the same form.
 """
 
-import torch
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the functions only call tensor methods: importing this module does not import torch
+    import torch
 
 
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

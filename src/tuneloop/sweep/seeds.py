@@ -30,7 +30,7 @@ def train_seed(cfg_json: dict, *, run_dir: str, device: str | None) -> dict:
     import torch
 
     from tuneloop.training import run
-    from tuneloop.tune.trainable import trial_device
+    from tuneloop.tune.trial import trial_device
 
     cfg = ExperimentConfig.model_validate(cfg_json)
     cpus = max(1, int(cfg.sweep.resources_per_trial.cpu))

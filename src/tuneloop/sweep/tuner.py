@@ -40,7 +40,6 @@ def concurrency(cfg: ExperimentConfig) -> int:
     """`sweep.max_concurrent_trials`, capped (with a printed note) so that the workers of concurrent
     distributed trials fit on the Ray this driver joined: Tune only counts their drivers' CPU share."""
     import ray
-    import torch
 
     from tuneloop.tune.distributed import concurrent_trials, trial_demand
 
@@ -124,7 +123,7 @@ def build_tuner(cfg: ExperimentConfig, place: SweepPlace):
     run_config = tune.RunConfig(
         name=run.name, storage_path=storage_path, storage_filesystem=storage_filesystem, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-        sync_config=tune.SyncConfig(sync_artifacts=is_remote(sweep.storage_path)),  # see trainable.artifact_dir
+        sync_config=tune.SyncConfig(sync_artifacts=is_remote(sweep.storage_path)),  # see trial.artifact_dir
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         verbose=0)  # Ray's own wall of columns: off; SweepProgress shows a compact table instead
     return tune.Tuner(build_trainable(cfg), param_space=param_space(cfg), tune_config=tune_config,

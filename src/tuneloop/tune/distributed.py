@@ -108,7 +108,7 @@ def fit_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ...]
 
     from tuneloop.storage import Storage
     from tuneloop.tune import _compat
-    from tuneloop.tune.trainable import artifact_dir
+    from tuneloop.tune.trial import artifact_dir
 
     for name, value in TRAIN_SETTINGS.items():  # read by the Train controller this process starts
         os.environ.setdefault(name, value)

@@ -15,7 +15,7 @@ import json
 import os
 
 ENV = "TUNELOOP_PRELOAD"  # JSON: {"modules": [...], "run": {the run section}}
-TRIAL_MODULES = ("tuneloop.tune.trainable", "tuneloop.training.build")  # what every trial imports
+TRIAL_MODULES = ("tuneloop.tune.trainable", "tuneloop.tune.trial", "tuneloop.training.build")  # what every trial imports
 MAX_ENV_CHARS = 64_000  # a single environment string may hold 128 KiB (Linux's MAX_ARG_STRLEN)
 
 

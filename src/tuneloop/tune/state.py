@@ -44,7 +44,7 @@ def snapshot_policy(pauses: bool):
     flat however many trials the sweep has: a snapshot after every result costs time in
     proportion to the trials so far. A killed driver loses no training for it: a restored trial
     continues from the newest checkpoint in its own directory and sends Tune the reports it lost
-    (`tuneloop.tune.trainable.resume_point`). Schedulers that pause or clone trials (PBT,
+    (`tuneloop.tune.trial.resume_point`). Schedulers that pause or clone trials (PBT,
     HyperBand) act on Tune's view of each trial's checkpoint: they keep a snapshot per result ("0").
     """
     if SNAPSHOT_PERIOD in os.environ:

@@ -25,7 +25,7 @@ from tuneloop.tune import _compat
 _IGNORED = "Exception ignored in"
 _RAY_TERMINATION = "sigterm_handler"
 
-START = "[tuneloop] trial {trial_id} on "  # a trial's first line, on both streams (tuneloop.tune.trainable.train_trial)
+START = "[tuneloop] trial {trial_id} on "  # a trial's first line, on both streams (tuneloop.tune.trial.run_trial)
 _START = re.compile(r"^\[tuneloop\] trial (\S+) on ")
 
 
