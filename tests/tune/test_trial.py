@@ -1,4 +1,4 @@
-"""The trainable (tuneloop.trial) restoring from Tune's checkpoints inside a real sweep: a crash
+"""A trial (tuneloop.tune.trial) restoring from Tune's checkpoints inside a real sweep: a crash
 retried by Ray, a damaged latest checkpoint (fall back to the previous one), a checkpoint of
 another experiment (refused)."""
 
