@@ -106,15 +106,13 @@ def fit_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ...]
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from tuneloop.storage import Storage
     from tuneloop.tune import _compat
-    from tuneloop.tune.trial import artifact_dir
+    from tuneloop.tune.trial import artifact_dir, trial_storage
 
     for name, value in TRAIN_SETTINGS.items():  # read by the Train controller this process starts
         os.environ.setdefault(name, value)
     context = tune.get_context()
-    filesystem, trial_dir = _compat.trial_storage()
-    storage = Storage(filesystem, trial_dir, trial_dir)
+    storage = trial_storage()
     stop_key = f"{context.get_trial_id()}-{time.time_ns()}"
     _compat.STOP_KEYS.append(stop_key)  # raised when Tune stops the trial (`_compat.request_stop`)
     keep = run["checkpoint_config"]["keep_last_k"]
@@ -126,7 +124,7 @@ def fit_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ...]
                            "remote": None if storage.is_local else storage},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu > 0,
                                      resources_per_worker={"CPU": cpu, **({"GPU": gpu} if gpu else {})}),
-        run_config=RunConfig(name=TRAIN_DIR, storage_path=trial_dir, storage_filesystem=filesystem,
+        run_config=RunConfig(name=TRAIN_DIR, storage_path=storage.root, storage_filesystem=storage.fs,
                              callbacks=[TuneReportCallback()],
                              # a worker's failure restarts the group from the latest checkpoint; the
                              # controller's own failures are not retried forever (Ray's default)
@@ -135,7 +133,7 @@ def fit_trial(config: dict, *, run: dict, experiment: str, tags: tuple[str, ...]
     )
     print(f"[tuneloop] trial {context.get_trial_id()}: {workers} workers x (cpu={cpu:g}, gpu={gpu:g})", flush=True)
     try:
-        replay_reports(filesystem, f"{trial_dir}/{TRAIN_DIR}", run, config)
+        replay_reports(storage.fs, f"{storage.root}/{TRAIN_DIR}", run, config)
         trainer.fit()
     finally:
         _compat.STOP_KEYS.remove(stop_key)

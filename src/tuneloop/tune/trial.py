@@ -25,7 +25,7 @@ from tuneloop.callbacks.metrics_csv import MetricsCsvCallback
 from tuneloop.callbacks.pruner import PrunerCallback
 from tuneloop.config.schema import RunConfig
 from tuneloop.config.search_space import apply_params
-from tuneloop.storage import METRICS_FILE
+from tuneloop.storage import METRICS_FILE, Storage
 from tuneloop.training.build import build_run, run_hash
 from tuneloop.checkpoints import ended, restore_state
 from tuneloop.tune import _compat
@@ -65,19 +65,23 @@ def apply_hyperparameters(trainer, optimizer_config: dict) -> None:
                 group[key] = value
 
 
+def trial_storage() -> Storage:
+    """The trial's directory in the sweep's storage (local or remote), as Tune's session names it."""
+    filesystem, trial_dir = _compat.trial_storage()
+    return Storage(filesystem, trial_dir, trial_dir)
+
+
 def artifact_dir(context) -> str:
     """Where the trial's own files (W&B run, metrics.csv) go, created if needed: its directory in
     the storage when that is local (Ray only syncs the working directory at checkpoints, and the
     run's last records come after the last report), else the working directory, which Ray syncs
     to the storage (`sync_artifacts`)."""
-    import pyarrow.fs
-
-    filesystem, trial_dir = _compat.trial_storage()
-    if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+    storage = trial_storage()
+    if storage.is_local:
         # Tune creates it with the trial's first synced file: later than our first epoch when its
         # snapshots are rare (TUNE_GLOBAL_CHECKPOINT_S), so it may not exist yet
-        Path(trial_dir).mkdir(parents=True, exist_ok=True)
-        return trial_dir
+        Path(storage.root).mkdir(parents=True, exist_ok=True)
+        return storage.root
     return context.get_trial_dir()
 
 
@@ -105,10 +109,7 @@ def write_checkpoints_in_place(trainer) -> None:
     the directory Tune persists the epoch's report as, and the report carries an empty directory:
     the next epoch trains while the state is serialized and written, and nothing is copied twice.
     Elsewhere (an object store) the state is staged and Tune uploads it during the report."""
-    import pyarrow.fs
-
-    filesystem, _ = _compat.trial_storage()
-    if not isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+    if not trial_storage().is_local:
         return
     for callback in trainer.callbacks:
         if isinstance(callback, CheckpointCallback):
