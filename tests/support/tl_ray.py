@@ -10,22 +10,31 @@ import time
 
 
 def start_ray(**kwargs):
-    """ray.init in a fresh short temp dir (Unix socket paths must stay short); returns the dir."""
+    """ray.init in a fresh short temp dir (Unix socket paths must stay short); returns the dir. As
+    a sweep's own Ray (tuneloop.tune.session.ensure_ray): its workers read Tune's settings (thread
+    timeouts) as they start, and Tune's trials inherit their environment from it, so that each
+    trial's worker is a plain one (see session.trials_inherit_environment); `stop_ray` undoes that."""
     import ray
 
-    from tuneloop.tune.session import apply_tune_settings
+    from tuneloop.tune.session import apply_tune_settings, trials_inherit_environment
 
-    apply_tune_settings()  # as a sweep's own Ray: its workers read Tune's settings (thread timeouts) as they start
+    apply_tune_settings()
     temp_dir = tempfile.mkdtemp(prefix="tlray-", dir="/tmp")
-    ray.init(address="local", num_cpus=kwargs.pop("num_cpus", 2), include_dashboard=False, _temp_dir=temp_dir,
-             configure_logging=False, log_to_driver=False, **kwargs)
+    with trials_inherit_environment({}):
+        ray.init(address="local", num_cpus=kwargs.pop("num_cpus", 2), include_dashboard=False, _temp_dir=temp_dir,
+                 configure_logging=False, log_to_driver=False, **kwargs)
     return temp_dir
 
 
 def stop_ray(temp_dir):
     import ray
 
-    ray.shutdown()
+    from tuneloop.tune import _compat
+
+    try:
+        ray.shutdown()
+    finally:
+        _compat.propagate_trial_environment()  # Tune's trial runtime_env again, for a Ray joined later
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -73,20 +73,16 @@ def ensure_ray(address: str | None, *, trial_log=None, tune_trials: bool = False
     options, environment = {}, {}
     if state_api:
         options.update(include_dashboard=True, dashboard_port=0)
-    if tune_trials and ray_address(address) == "local":
-        environment.update(_compat.inherit_trial_environment())
-        if preload is not None:
-            from tuneloop.tune import preload as preloading
+    trials_here = tune_trials and ray_address(address) == "local"
+    if trials_here and preload is not None:
+        from tuneloop.tune import preload as preloading
 
-            options.update(_compat.preload_init_options(preloading.__name__))
-            environment[preloading.ENV] = preload
-    try:
-        with _quiet_token_auth_notice(), _interrupt_after(), _environment(environment):
-            ray.init(address=ray_address(address), log_to_driver=True, configure_logging=True,
-                     logging_level="WARNING", **{"include_dashboard": False, **options})
-    except BaseException:
-        _compat.propagate_trial_environment()
-        raise
+        options.update(_compat.preload_init_options(preloading.__name__))
+        environment[preloading.ENV] = preload
+    with (trials_inherit_environment(environment) if trials_here else contextlib.nullcontext()), \
+            _quiet_token_auth_notice(), _interrupt_after():
+        ray.init(address=ray_address(address), log_to_driver=True, configure_logging=True,
+                 logging_level="WARNING", **{"include_dashboard": False, **options})
     if trial_log is not None:
         from tuneloop.tune.trial_log import attach
 
@@ -158,6 +154,21 @@ def _interrupt_after():
         signal.signal(signal.SIGINT, previous)
     if received:
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def trials_inherit_environment(variables: dict[str, str]):
+    """For a local Ray started in the block that will run Tune's trials: Tune's trial environment
+    and `variables` are in this process's environment while it starts (Ray's processes inherit
+    them) instead of in a runtime_env per trial actor, for which Ray would start a new worker
+    through its setup_worker (a second interpreter importing Ray) rather than take an idle one
+    (`_compat.inherit_trial_environment`). Given back to Tune if the block fails, by `stop_ray` after."""
+    try:
+        with _environment({**_compat.inherit_trial_environment(), **variables}):
+            yield
+    except BaseException:
+        _compat.propagate_trial_environment()
+        raise
 
 
 @contextlib.contextmanager
