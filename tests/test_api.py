@@ -15,10 +15,10 @@ from tl_testing import Probe, blobs
 
 @pytest.mark.usefixtures("ray_local")
 def test_a_sweep_from_a_dict_returns_its_results_and_the_best_trains(tmp_path):
-    experiment = probe_experiment(tmp_path, epochs=3, num_samples=4)
+    experiment = probe_experiment(tmp_path, epochs=3, num_samples=3)
     experiment["run"]["net"] = Probe  # a class itself, from an importable module
     experiment["run"]["data"] = blobs
-    result = tuneloop.sweep(experiment, ["sweep.max_concurrent_trials=2"], quiet=True)
+    result = tuneloop.sweep(experiment, ["sweep.num_samples=4"], quiet=True)  # overrides, as --set takes them
 
     assert result.status == 0 and result.path == tmp_path / "results" / "probe"
     trials = result.trials

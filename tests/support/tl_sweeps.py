@@ -25,7 +25,7 @@ def probe_experiment(tmp_path: Path, *, epochs: int = 4, **sweep) -> dict:
                 "net_config": {"hidden": 16}, "optimizer": "torch.optim.AdamW", "optimizer_config": {"lr": 0.01},
                 "criterion": "torch.nn.CrossEntropyLoss", "metrics": ["accuracy"], "epochs": epochs,
                 "batch_size": 32, "seed": 0, "checkpoint_config": {"save_every_n_epochs": 2}},
-        "sweep": {"num_samples": 4, "max_concurrent_trials": 2, "storage_path": str(tmp_path / "results"),
+        "sweep": {"num_samples": 4, "max_concurrent_trials": 1, "storage_path": str(tmp_path / "results"),
                   "scheduler": {"name": "fifo"}, "sampler": {"name": "RandomSampler", "seed": 0},
                   "max_failures": 0,
                   "search_space": {"optimizer_config.lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}}},

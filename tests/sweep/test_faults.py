@@ -121,7 +121,7 @@ def test_a_raising_forward_and_a_nan_loss_fail_only_their_trial(tmp_path):
     """Two trials whose forward raises, two whose loss is NaN, two fine, `max_failures: 1`: the raising
     ones are retried once by Ray then FAIL (traceback in error.txt), the NaN ones stop after their
     first epoch and FAIL without a retry (not an error), the others COMPLETE; exit status 0."""
-    experiment = probe_experiment(tmp_path, epochs=4, max_failures=1, max_concurrent_trials=2,
+    experiment = probe_experiment(tmp_path, epochs=4, max_failures=1,
                                   **grid("net_config.mode", ["ok", "nan", "raise"]))
     # two trials per mode: the grid of mode x hidden
     experiment["sweep"]["search_space"]["net_config.hidden"] = {"type": "categorical", "choices": [8, 16]}

@@ -90,7 +90,9 @@ def test_scheduler_stopped_trials_are_pruned_with_their_values(tmp_path, metric,
 ], ids=lambda s: s["name"])
 def test_each_scheduler_runs_a_sweep(tmp_path, scheduler):
     population = scheduler["name"] == "pbt"  # PBT exploits among trials that run together
-    experiment = probe_experiment(tmp_path, epochs=6, scheduler=scheduler, max_concurrent_trials=4 if population else 2,
+    # HyperBand pauses a trial at each rung until its bracket's other trials get there: two run at once
+    slots = {"pbt": 4, "hyperband": 2}.get(scheduler["name"], 1)
+    experiment = probe_experiment(tmp_path, epochs=6, scheduler=scheduler, max_concurrent_trials=slots,
                                   resources_per_trial={"cpu": 0.5 if population else 1},
                                   search_space={"optimizer_config.lr": {"type": "float", "low": 1e-4,
                                                                         "high": 0.1, "log": True}})

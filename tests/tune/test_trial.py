@@ -31,8 +31,16 @@ def trained(tmp_path) -> list[dict]:
     return [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
 
 
-def test_a_crashed_trial_resumes_from_its_last_checkpoint(tmp_path):
-    status, directory = run_sweep(tmp_path, faulty_experiment(tmp_path))
+def test_a_crashed_trial_resumes_from_its_last_checkpoint_and_its_wandb_run(tmp_path):
+    """Ray retries the crashed trial from its last checkpoint: every epoch once, in Tune, in the study,
+    in metrics.csv and in W&B. Offline, `resume="allow"` with the trial's id starts a second run
+    directory with the same run id: the two hold the epochs before and after the crash (online they
+    are one run)."""
+    from wandb_records import history, run_record
+
+    experiment = faulty_experiment(tmp_path)
+    experiment["run"]["wandb_config"] = {"enabled": True, "project": "tuneloop-tests", "mode": "offline"}
+    status, directory = run_sweep(tmp_path, experiment)
     assert status == 0
     [rows] = trial_rows(directory).values()
     assert [r["epoch"] for r in rows] == list(range(EPOCHS))
@@ -45,6 +53,12 @@ def test_a_crashed_trial_resumes_from_its_last_checkpoint(tmp_path):
     assert [int(r["epoch"]) for r in table] == list(range(EPOCHS))
     assert [float(r["val_loss"]) for r in table] == [r["val_loss"] for r in rows]
     assert [float(r["lr"]) for r in table] == [r["lr"] for r in rows]
+    trial_id = trial_dir.name.removeprefix("trial_")
+    found = sorted(trial_dir.glob(f"wandb/offline-run-*/run-{trial_id}.wandb"))  # synced with the trial
+    assert len(found) == 2, found
+    assert {run_record(p).run_id for p in found} == {trial_id}
+    epochs = sorted([row["epoch"] for row in history(p)] for p in found)
+    assert epochs == [[0, 1, 2, 3], [4, 5]]
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
@@ -70,24 +84,6 @@ def test_a_checkpoint_of_another_experiment_is_refused(tmp_path):
     assert "'another-experiment'" in text
     [trial] = study_of(directory).trials
     assert trial.state == optuna.trial.TrialState.FAIL
-
-
-def test_a_resumed_trial_logs_into_the_same_wandb_run(tmp_path):
-    """Offline, `resume="allow"` with the trial's id starts a second run directory with the same
-    run id: the two hold the epochs before and after the crash (online they are one run)."""
-    from wandb_records import history, run_record
-
-    experiment = faulty_experiment(tmp_path)
-    experiment["run"]["wandb_config"] = {"enabled": True, "project": "tuneloop-tests", "mode": "offline"}
-    status, directory = run_sweep(tmp_path, experiment)
-    assert status == 0
-    [trial_dir] = directory.glob("trial_*")
-    trial_id = trial_dir.name.removeprefix("trial_")
-    found = sorted(trial_dir.glob(f"wandb/offline-run-*/run-{trial_id}.wandb"))  # synced with the trial
-    assert len(found) == 2, found
-    assert {run_record(p).run_id for p in found} == {trial_id}
-    epochs = sorted([row["epoch"] for row in history(p)] for p in found)
-    assert epochs == [[0, 1, 2, 3], [4, 5]]
 
 
 def test_each_trial_of_a_sweep_logs_its_own_wandb_run(tmp_path):
