@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from tuneloop.config import load_experiment
 from tuneloop.tune import _compat, preload
 
@@ -56,6 +58,7 @@ def test_only_cpu_trials_on_a_machine_whose_idle_workers_mostly_run_them_preload
     assert preload.preload_for(cfg, []) is None  # CUDA_VISIBLE_DEVICES is set as the trial starts, after the preload
 
 
+@pytest.mark.usefixtures("no_ray_running")  # the tests' shared Ray holds Tune's variables while it runs
 def test_trials_inherit_tunes_variables_instead_of_a_runtime_env_until_given_back():
     from ray.tune.execution import class_cache
 
