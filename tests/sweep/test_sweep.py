@@ -89,21 +89,22 @@ def test_scheduler_stopped_trials_are_pruned_with_their_values(tmp_path, metric,
     {"name": "pfl", "k": 1, "n_startup_trials": 1, "n_warmup_epochs": 1},
 ], ids=lambda s: s["name"])
 def test_each_scheduler_runs_a_sweep(tmp_path, scheduler):
-    population = scheduler["name"] == "pbt"  # PBT exploits among trials that run together
+    population = scheduler["name"] == "pbt"  # PBT exploits among trials that run together: two, at once
+    samples = 2 if population else 4
     # HyperBand pauses a trial at each rung until its bracket's other trials get there: two run at once
-    slots = {"pbt": 4, "hyperband": 2}.get(scheduler["name"], 1)
-    experiment = probe_experiment(tmp_path, epochs=6, scheduler=scheduler, max_concurrent_trials=slots,
-                                  resources_per_trial={"cpu": 0.5 if population else 1},
-                                  search_space={"optimizer_config.lr": {"type": "float", "low": 1e-4,
-                                                                        "high": 0.1, "log": True}})
+    slots = {"pbt": 2, "hyperband": 2}.get(scheduler["name"], 1)
+    experiment = probe_experiment(tmp_path, epochs=6, scheduler=scheduler, num_samples=samples,
+                                  max_concurrent_trials=slots,
+                                  search_space={"optimizer_config.lr": {"type": "float", "low": 1e-4, "high": 0.1,
+                                                                        "log": True}})
     status, directory = run_sweep(tmp_path, experiment)
     assert status == 0
     trials = study_of(directory).trials
-    assert len(trials) == 4
+    assert len(trials) == samples
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
     assert any(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     rows = trial_rows(directory)
-    assert len(rows) == 4
+    assert len(rows) == samples
     for trial_rows_ in rows.values():
         for before, after in zip(trial_rows_, trial_rows_[1:]):
             exploited = scheduler["name"] == "pbt" and before["config"] != after["config"]
