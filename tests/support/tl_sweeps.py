@@ -19,7 +19,9 @@ from tuneloop import cli
 
 
 def probe_experiment(tmp_path: Path, *, epochs: int = 4, **sweep) -> dict:
-    """A fast experiment on tests/support/tl_testing.py: 4 epochs of a tiny MLP on blobs."""
+    """A fast experiment on tests/support/tl_testing.py: 4 trials of 4 epochs of a tiny MLP on blobs,
+    one at a time unless `max_concurrent_trials` says more (each trial running at once is a Ray
+    worker of its own, which imports torch and Ray Tune: seconds of CPU on a 2-core machine)."""
     experiment = {
         "run": {"name": "probe", "data": "tl_testing.blobs", "net": "tl_testing.Probe",
                 "net_config": {"hidden": 16}, "optimizer": "torch.optim.AdamW", "optimizer_config": {"lr": 0.01},
