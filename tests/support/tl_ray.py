@@ -27,14 +27,11 @@ def start_ray(**kwargs):
 
 
 def stop_ray(temp_dir):
-    import ray
+    """Stop it as a sweep stops its own Ray (tuneloop.tune.session.stop_ray: Tune's trial runtime_env
+    given back, for a Ray joined later) and remove its temp dir."""
+    from tuneloop.tune import session
 
-    from tuneloop.tune import _compat
-
-    try:
-        ray.shutdown()
-    finally:
-        _compat.propagate_trial_environment()  # Tune's trial runtime_env again, for a Ray joined later
+    session.stop_ray()
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
