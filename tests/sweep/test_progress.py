@@ -4,6 +4,7 @@ trials, redrawn in place on a terminal, printed into logs, silent with --quiet."
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 import yaml
@@ -126,6 +127,10 @@ def test_the_sweeps_output_is_tuneloops_lines_and_each_trials_own_prefixed_by_it
         assert noise not in output, (noise, output)
     with open(tmp_path / "results" / "probe" / "results.csv") as handle:
         trial_ids = {row["trial_id"] for row in csv.DictReader(handle)}
+    # one trial at a time on an embedded Ray of 1 CPU: Ray started one worker (not one per core),
+    # whose actor Tune reused for the second trial
+    workers = {path.name for path in Path(ray_tmp).glob("ray/session_2*/logs/python-core-worker-*.log")}
+    assert len(trial_ids) == 2 and len(workers) == 1, workers
     own = [line for line in output.splitlines() if line.startswith("[tuneloop] trial_") and ": " in line]
     said = {}
     for line in own:

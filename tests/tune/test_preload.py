@@ -46,12 +46,14 @@ def test_the_worker_takes_the_variable_out_of_its_environment(monkeypatch):
     assert preload.ENV not in os.environ and "colorsys" in sys.modules
 
 
-def test_only_cpu_trials_on_a_machine_whose_idle_workers_mostly_run_them_preload(monkeypatch):
+def test_only_cpu_trials_on_a_ray_whose_idle_workers_mostly_run_them_preload(monkeypatch):
     cfg = load_experiment(DIGITS, ["sweep.max_concurrent_trials=2"])
     monkeypatch.setattr(_compat, "detected_cpus", lambda: 2)
     assert preload.preload_for(cfg, ["colorsys"]) is not None
-    monkeypatch.setattr(_compat, "detected_cpus", lambda: 16)  # 14 idle workers would hold torch for nothing
-    assert preload.preload_for(cfg, ["colorsys"]) is None
+    monkeypatch.setattr(_compat, "detected_cpus", lambda: 16)  # the embedded Ray gets 2 CPUs: 2 workers, both used
+    assert preload.preload_for(cfg, ["colorsys"]) is not None
+    cfg = load_experiment(DIGITS, ["sweep.max_concurrent_trials=1", "sweep.resources_per_trial.cpu=4"])
+    assert preload.preload_for(cfg, []) is None  # 4 CPUs, 4 idle workers: 3 would hold torch for nothing
     cfg = load_experiment(DIGITS, ["sweep.max_concurrent_trials=8", "sweep.resources_per_trial.cpu=2"])
     assert preload.preload_for(cfg, []) is not None  # 8 trials of 2 CPUs each fill the 16
     cfg = load_experiment(DIGITS, ["sweep.resources_per_trial.gpu=0.5"])

@@ -139,7 +139,7 @@ def drive(cfg: ExperimentConfig, place: SweepPlace, make_tuner, address: str | N
     from tuneloop.sweep.tuner import SweepParts
     from tuneloop.tune._compat import results_without_histories, version_warnings
     from tuneloop.tune.preload import preload_for
-    from tuneloop.tune.session import ensure_ray, stop_ray
+    from tuneloop.tune.session import embedded_ray_cpus, ensure_ray, stop_ray
     from tuneloop.tune.state import publish_final, snapshot_policy
     from tuneloop.tune.trial_log import TrialLog
 
@@ -148,7 +148,7 @@ def drive(cfg: ExperimentConfig, place: SweepPlace, make_tuner, address: str | N
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     trial_log = TrialLog()  # the trials' own lines, printed by the live table (above it)
     started = ensure_ray(address, trial_log=trial_log, tune_trials=True, preload=preload_for(cfg, preload_modules),
-                         state_api=cfg.sweep.resources_per_trial.workers > 1)
+                         state_api=cfg.sweep.resources_per_trial.workers > 1, num_cpus=embedded_ray_cpus(cfg.sweep))
     try:
         check_shared_storage(cfg, place.storage)
         check_cluster_resources(cfg)

@@ -33,15 +33,16 @@ def preload_value(run: dict, modules: list[str]) -> str:
 def preload_for(cfg, modules: list[str]) -> str | None:
     """`ENV`'s value for the sweep `cfg` (an ExperimentConfig): what an embedded local Ray's workers
     import as they start. None where most of them would never run a trial (Ray starts one idle
-    worker per CPU, and each preloaded one holds torch and the experiment's modules in memory for
+    worker per CPU it has, `tuneloop.tune.session.embedded_ray_cpus`, and each preloaded one holds torch and the experiment's modules in memory for
     the whole sweep), and for trials on GPUs (a module that initializes CUDA as it is imported would
     do so before Ray sets the trial's CUDA_VISIBLE_DEVICES)."""
     from tuneloop.tune import _compat
+    from tuneloop.tune.session import embedded_ray_cpus
 
     sweep = cfg.sweep
     if sweep.resources_per_trial.gpu:
         return None
-    cpus = _compat.detected_cpus()
+    cpus = embedded_ray_cpus(sweep) or _compat.detected_cpus()
     slots = min(sweep.max_concurrent_trials or sweep.num_samples,
                 int(cpus / sweep.resources_per_trial.cpu) if sweep.resources_per_trial.cpu else cpus)
     if cpus > 2 * slots:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -52,8 +53,22 @@ def local_ray(address: str | None) -> bool:
     return not ray.is_initialized()
 
 
+def embedded_ray_cpus(sweep) -> int | None:
+    """The CPUs a sweep's embedded local Ray is started with (`sweep`: a SweepConfig): what its
+    concurrent one-process trials hold (`max_concurrent_trials`, or `num_samples` if fewer, times
+    `resources_per_trial.cpu`), at least 1 and at most the machine's. Ray starts one idle Python
+    worker per CPU it has: a sweep of 2 trials at a time would otherwise start 32 on a 32-core
+    machine, and a sweep of one at a time 2 on a 2-core one, each importing Ray for nothing. None
+    (all of the machine's) for distributed trials, whose Train runs place their workers themselves."""
+    need = sweep.resources_per_trial
+    if need.workers > 1:
+        return None
+    slots = min(sweep.max_concurrent_trials or sweep.num_samples, sweep.num_samples)
+    return max(1, min(_compat.detected_cpus(), math.ceil(slots * need.cpu - 1e-9)))
+
+
 def ensure_ray(address: str | None, *, trial_log=None, tune_trials: bool = False, preload: str | None = None,
-               state_api: bool = False) -> bool:
+               state_api: bool = False, num_cpus: int | None = None) -> bool:
     """Connect to `address` (or start an embedded local Ray) with the Tune settings applied; True
     when this call started Ray. `trial_log` (a `tuneloop.tune.trial_log.TrialLog`): the trials' own
     output goes there, prefixed by trial id, instead of Ray's worker lines (None: Ray prints them).
@@ -61,7 +76,8 @@ def ensure_ray(address: str | None, *, trial_log=None, tune_trials: bool = False
     it started with: `_compat.inherit_trial_environment`; `stop_ray` undoes that). `preload`
     (`tuneloop.tune.preload.preload_value`): what those workers import as they start. `state_api`:
     an embedded local Ray starts its dashboard process (on a free port), which serves Ray's State
-    API: Ray Train's placement-group cleaner needs it (distributed trials, `tuneloop.tune.distributed`)."""
+    API: Ray Train's placement-group cleaner needs it (distributed trials, `tuneloop.tune.distributed`).
+    `num_cpus`: an embedded local Ray's CPUs (`embedded_ray_cpus`; None: the machine's)."""
     import ray
 
     apply_tune_settings()
@@ -73,6 +89,8 @@ def ensure_ray(address: str | None, *, trial_log=None, tune_trials: bool = False
     options, environment = {}, {}
     if state_api:
         options.update(include_dashboard=True, dashboard_port=0)
+    if num_cpus is not None and ray_address(address) == "local":
+        options.update(num_cpus=num_cpus)
     trials_here = tune_trials and ray_address(address) == "local"
     if trials_here and preload is not None:
         from tuneloop.tune import preload as preloading
