@@ -1,6 +1,7 @@
 """The trials' output on the driver: attributed to its trial, Ray's own noise left out."""
 
 import logging
+import sys
 
 from tuneloop.tune.session import _interrupt_notice, _no_metrics_notice, _transient_sync_race, filter_ray_notices
 from tuneloop.tune.trial_log import START, TrialLog
@@ -86,6 +87,28 @@ def test_a_sync_that_lost_the_race_with_an_atomic_rename_is_not_shown_and_others
     logger = logging.getLogger(_compat.SYNCER_LOGGER)
     assert logger.filters.count(_transient_sync_race) == 1
     assert not logger.filter(raced) and logger.filter(missing)
+
+
+def state_save_error(exception: Exception) -> logging.LogRecord:
+    """What Tune's experiment state logs when the sync it waits for before a forced save failed."""
+    try:
+        raise exception
+    except Exception:
+        return logging.LogRecord(_compat.EXPERIMENT_STATE_LOGGER, logging.ERROR, "experiment_state.py", 176,
+                                 "Saving experiment state to storage at '/data/results/probe' failed with "
+                                 "exception: ", None, sys.exc_info())
+
+
+def test_the_same_race_is_not_shown_when_tune_waits_for_that_sync_before_saving_once_more():
+    raced = state_save_error(FileNotFoundError(2, "Failed to open local file '/tmp/ray/session/artifacts/x/"
+                                                  "driver_artifacts/.ff8e7377-tmp-searcher-state-2026.pkl'"))
+    missing = state_save_error(FileNotFoundError(2, "Failed to open local file '/data/results/trial/result.json'"))
+    other = state_save_error(TimeoutError("_upload_to_fs_path did not finish running within the timeout"))
+    assert not _transient_sync_race(raced)
+    assert _transient_sync_race(missing) and _transient_sync_race(other)
+    filter_ray_notices()
+    logger = logging.getLogger(_compat.EXPERIMENT_STATE_LOGGER)
+    assert not logger.filter(raced) and logger.filter(other)
 
 
 def record(logger: str, message: str) -> logging.LogRecord:

@@ -149,6 +149,9 @@ ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
 NO_METRICS_NOTICE = "Failed to fetch metrics for"
 # Logs a traceback (in the message) for a sync of the driver's staging directory that failed; the next sync retries.
 SYNCER_LOGGER = "ray.train._internal.syncer"
+# Logs the exception of that sync when it waits for it: before a forced save (a Ctrl-C), "Saving experiment
+# state to storage at '...' failed with exception:" (ray/tune/execution/experiment_state.py).
+EXPERIMENT_STATE_LOGGER = "ray.tune.execution.experiment_state"
 # Tune writes its searcher state atomically through `.<uuid>-tmp-<name>` files (ray.tune.search.searcher);
 # a sync that lists one before its rename and copies it after fails on a file that no longer exists.
 ATOMIC_WRITE_TMP_MARK = "-tmp-"

@@ -119,9 +119,14 @@ def stop_ray() -> None:
 
 def _transient_sync_race(record: logging.LogRecord) -> bool:
     """False for a sync that failed only because one of Tune's atomic-write temporary files was
-    renamed while it was being copied: the file is under its final name, which the next sync copies."""
-    message = record.getMessage()  # Ray formats the traceback into the message
-    last_line = message.rstrip().rsplit("\n", 1)[-1]
+    renamed while it was being copied: the file is under its final name, which the next sync copies.
+    The syncer formats the traceback into its message; Tune's experiment state, which waits for that
+    sync as it saves once more (a Ctrl-C), logs the exception itself."""
+    exception = record.exc_info[1] if record.exc_info else None
+    if exception is not None:
+        last_line = f"{type(exception).__name__}: {exception}"
+    else:
+        last_line = record.getMessage().rstrip().rsplit("\n", 1)[-1]
     return not (last_line.startswith("FileNotFoundError") and _compat.ATOMIC_WRITE_TMP_MARK in last_line)
 
 
@@ -143,6 +148,7 @@ def _no_metrics_notice(record: logging.LogRecord) -> bool:
 
 NOTICE_FILTERS = {  # Ray's logger → the filter that keeps its messages a sweep's user needs
     _compat.SYNCER_LOGGER: _transient_sync_race,  # any other failed sync is still shown
+    _compat.EXPERIMENT_STATE_LOGGER: _transient_sync_race,
     _compat.TUNE_LOGGER: _interrupt_notice,
     _compat.ANALYSIS_LOGGER: _no_metrics_notice,
 }
