@@ -33,9 +33,10 @@ def preload_value(run: dict, modules: list[str]) -> str:
 def preload_for(cfg, modules: list[str]) -> str | None:
     """`ENV`'s value for the sweep `cfg` (an ExperimentConfig): what an embedded local Ray's workers
     import as they start. None where most of them would never run a trial (Ray starts one idle
-    worker per CPU it has, `tuneloop.tune.session.embedded_ray_cpus`, and each preloaded one holds torch and the experiment's modules in memory for
-    the whole sweep), and for trials on GPUs (a module that initializes CUDA as it is imported would
-    do so before Ray sets the trial's CUDA_VISIBLE_DEVICES)."""
+    worker per CPU it has, `tuneloop.tune.session.embedded_ray_cpus`, and each preloaded one holds
+    torch and the experiment's modules in memory for the whole sweep), and for trials on GPUs (a
+    module that initializes CUDA as it is imported would do so before Ray sets the trial's
+    CUDA_VISIBLE_DEVICES)."""
     from tuneloop.tune import _compat
     from tuneloop.tune.session import embedded_ray_cpus
 
