@@ -63,7 +63,7 @@ def embedded_ray_cpus(sweep) -> int | None:
     need = sweep.resources_per_trial
     if need.workers > 1:
         return None
-    slots = min(sweep.max_concurrent_trials or sweep.num_samples, sweep.num_samples)
+    slots = min(sweep.max_concurrent_trials, sweep.num_samples)
     return max(1, min(_compat.detected_cpus(), math.ceil(slots * need.cpu - 1e-9)))
 
 
@@ -89,9 +89,10 @@ def ensure_ray(address: str | None, *, trial_log=None, tune_trials: bool = False
     options, environment = {}, {}
     if state_api:
         options.update(include_dashboard=True, dashboard_port=0)
-    if num_cpus is not None and ray_address(address) == "local":
+    local = ray_address(address) == "local"
+    if num_cpus is not None and local:
         options.update(num_cpus=num_cpus)
-    trials_here = tune_trials and ray_address(address) == "local"
+    trials_here = tune_trials and local
     if trials_here and preload is not None:
         from tuneloop.tune import preload as preloading
 
