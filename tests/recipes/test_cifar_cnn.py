@@ -44,11 +44,11 @@ def test_resnet_shapes_and_backward():
 
 
 @pytest.mark.slow
-def test_cifar_cnn_validate_train_resume_and_sweep(tmp_path, ray_tmp, capsys):
+def test_cifar_cnn_validate_train_resume_and_sweep(tmp_path, ray_tmp, shared_ray, capsys):
     check_validate(EXPERIMENT, capsys, "(64, 3, 32, 32) float32", "2048 train / 512 val samples")
     # 2 DataLoader workers draw the random flips: a resumed run repeats them exactly
-    check_train_and_resume(EXPERIMENT, tmp_path, SMALL, epochs=4, interrupt_at=2, better_than=2 * CHANCE)
+    check_train_and_resume(EXPERIMENT, tmp_path, capsys, SMALL, epochs=4, interrupt_at=2, better_than=2 * CHANCE)
     check_interrupted_sweep(
-        EXPERIMENT, tmp_path, ray_tmp,
+        EXPERIMENT, tmp_path, ray_tmp, shared_ray, capsys,
         {**SMALL, "sweep.search_space.optimizer_config.lr.low": "0.02"},  # rates that learn within 3 epochs
         name="cifar_cnn", trials=4, epochs=3, interrupt_after_epochs=2, better_than=2 * CHANCE)

@@ -43,11 +43,11 @@ def test_bert_trainer_compute_loss_on_a_dict_batch():
 
 
 @pytest.mark.slow
-def test_text_bert_validate_train_resume_and_sweep(tmp_path, ray_tmp, capsys):
+def test_text_bert_validate_train_resume_and_sweep(tmp_path, ray_tmp, shared_ray, capsys):
     check_validate(EXPERIMENT, capsys, "input_ids: shape (16, 32) int64", "1024 train / 256 val samples")
-    check_train_and_resume(EXPERIMENT, tmp_path, SMALL, epochs=4, interrupt_at=2, better_than=CHANCE + 0.15)
+    check_train_and_resume(EXPERIMENT, tmp_path, capsys, SMALL, epochs=4, interrupt_at=2, better_than=CHANCE + 0.15)
     check_interrupted_sweep(
-        EXPERIMENT, tmp_path, ray_tmp,  # learning rates that learn within 3 epochs, and stably
+        EXPERIMENT, tmp_path, ray_tmp, shared_ray, capsys,  # learning rates that learn within 3 epochs, and stably
         {**SMALL, "sweep.search_space.optimizer_config.lr.low": "2.0e-3",
          "sweep.search_space.optimizer_config.lr.high": "5.0e-3"},
         name="text_bert", trials=4, epochs=3, interrupt_after_epochs=2, better_than=CHANCE + 0.15)

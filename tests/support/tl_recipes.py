@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 
-from tl_sweeps import interrupt_after, launch, study_of, trial_rows
+from tl_sweeps import interrupt_after, resume_here, study_of, trial_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,17 +44,18 @@ def check_validate(experiment: Path, capsys, *fragments: str) -> None:
         assert fragment in out, out
 
 
-def check_train_and_resume(experiment: Path, tmp_path: Path, overrides: dict[str, str], *, epochs: int,
+def check_train_and_resume(experiment: Path, tmp_path: Path, capsys, overrides: dict[str, str], *, epochs: int,
                            interrupt_at: int, better_than: float) -> list[dict[str, str]]:
     """An uninterrupted `tuneloop train` of `epochs` epochs, and the same run Ctrl-C'd at the end of
-    epoch index `interrupt_at` and continued with `tuneloop train --resume`: both exit as they
+    epoch index `interrupt_at` (a process of its own, which the SIGINT reaches as a Ctrl-C would) and
+    continued with `tuneloop train --resume`: both exit as they
     should, the resumed run's metrics.csv is the uninterrupted one's byte for byte (the data order,
     random augmentation and dropout repeat), and the last val_accuracy beats `better_than`.
     Returns the uninterrupted run's metrics.csv rows."""
     from tuneloop import cli
 
     args = sets({**overrides, "run.epochs": str(epochs)})
-    straight = tmp_path / "straight"  # in this process (one intra-op thread, as the subprocesses below)
+    straight = tmp_path / "straight"  # in this process (one intra-op thread, as the Ctrl-C'd subprocess below)
     assert cli.main(["train", str(experiment), *args, "--device", "cpu", "--output", str(straight)]) == 0
     rows = metrics_rows(straight)
     assert [int(row["epoch"]) for row in rows] == list(range(epochs))
@@ -70,22 +71,23 @@ def check_train_and_resume(experiment: Path, tmp_path: Path, overrides: dict[str
     assert "Traceback" not in proc.stdout + proc.stderr
     assert "tuneloop train --resume" in proc.stdout, proc.stdout
     assert len(metrics_rows(resumed)) == interrupt_at + 1
-    proc = tuneloop(["train", "--resume", str(resumed)], tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"epoch {epochs}/{epochs}" in proc.stdout
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(resumed)]) == 0  # in this process, as the uninterrupted run
+    assert f"epoch {epochs}/{epochs}" in capsys.readouterr().out
     assert (resumed / "metrics.csv").read_bytes() == (straight / "metrics.csv").read_bytes()
     summary = json.loads((resumed / "summary.json").read_text())
     assert summary["epochs_trained"] == epochs and summary["stop_reason"] is None
     return rows
 
 
-def check_interrupted_sweep(experiment: Path, tmp_path: Path, ray_tmp: str, overrides: dict[str, str], *,
-                            name: str, trials: int, epochs: int, interrupt_after_epochs: int,
-                            better_than: float) -> Path:
+def check_interrupted_sweep(experiment: Path, tmp_path: Path, ray_tmp: str, shared_ray, capsys,
+                            overrides: dict[str, str], *, name: str, trials: int, epochs: int,
+                            interrupt_after_epochs: int, better_than: float) -> Path:
     """`tuneloop sweep` of `trials` trials of at most `epochs` epochs, Ctrl-C'd once
     `interrupt_after_epochs` epochs were trained, then `tuneloop resume`d to its end: every trial
     complete or pruned in results.csv and in the Optuna study, each trial's epochs reported once and
-    in order, and the best final val_accuracy beats `better_than`. Returns the experiment directory."""
+    in order, and the best final val_accuracy beats `better_than`. Returns the experiment directory.
+    (The resume runs in this process, on the tests' shared Ray: `tl_sweeps.resume_here`.)"""
     log = tmp_path / "epochs.jsonl"
     storage = tmp_path / "results"
     args = sets({**overrides, "run.epochs": str(epochs), "sweep.num_samples": str(trials),
@@ -96,9 +98,8 @@ def check_interrupted_sweep(experiment: Path, tmp_path: Path, ray_tmp: str, over
     directory = storage / name
     assert not (directory / "sweep_done").exists()
 
-    resume = launch(["resume", str(directory), "--quiet"], ray_tmp, tmp_path)
-    output, _ = resume.communicate(timeout=300)
-    assert resume.returncode == 0, output
+    status, output = resume_here(directory, shared_ray, capsys, "--quiet")
+    assert status == 0, output
     assert (directory / "sweep_done").exists()
 
     with open(directory / "results.csv") as handle:

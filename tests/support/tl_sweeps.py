@@ -43,6 +43,18 @@ def run_sweep(tmp_path: Path, experiment: dict, *extra: str) -> tuple[int, Path]
     return status, tmp_path / "results" / experiment["run"]["name"]
 
 
+def resume_here(directory: Path, shared_ray, capsys, *extra: str) -> tuple[int, str]:
+    """`tuneloop resume DIRECTORY` in this process, on the tests' shared Ray: (exit status, output).
+    The resuming driver's code without a second interpreter's imports and a Ray of its own to start
+    (a resume as a process of its own, after each kind of interrupt: the interrupted-driver and
+    three-kill tests, test_storage, test_legacy)."""
+    shared_ray.up()
+    capsys.readouterr()
+    status = cli.main(["resume", str(directory), *extra])
+    captured = capsys.readouterr()
+    return status, captured.out + captured.err
+
+
 def study_of(directory: Path, name: str = "probe") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{directory / 'optuna.db'}")
 

@@ -20,7 +20,7 @@ import yaml
 
 from tl_ray import ray_processes_after
 from tl_sweeps import (damage_searcher_state, epochs_logged, interrupt_after, interruptible_experiment, launch,
-                       launch_until_gated, probe_experiment, restored_epochs, rework_allowed)
+                       launch_until_gated, probe_experiment, restored_epochs, resume_here, rework_allowed)
 
 TRIALS, EPOCHS = 6, 8
 
@@ -107,7 +107,7 @@ def test_resume_of_a_directory_that_is_not_a_sweep(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_moved_experiment_directory_resumes_where_it_now_is(tmp_path, ray_tmp):
+def test_a_moved_experiment_directory_resumes_where_it_now_is(tmp_path, ray_tmp, shared_ray, capsys):
     """The searcher, the ASHA state and the study are found in the directory resumed, not where
     Tune pickled them (tuner.pkl and the searcher state hold no absolute path of ours)."""
     log = tmp_path / "epochs.jsonl"
@@ -121,9 +121,8 @@ def test_a_moved_experiment_directory_resumes_where_it_now_is(tmp_path, ray_tmp)
     old, new = tmp_path / "results" / "probe", tmp_path / "elsewhere" / "probe"
     new.parent.mkdir()
     shutil.move(old, new)
-    resume = launch(["resume", str(new)], ray_tmp, tmp_path)
-    output, _ = resume.communicate(timeout=240)
-    assert resume.returncode == 0, output
+    status, output = resume_here(new, shared_ray, capsys)
+    assert status == 0, output
     assert not old.exists()  # nothing written where the experiment used to be
     study = optuna.load_study(study_name="probe", storage=f"sqlite:///{new / 'optuna.db'}")
     assert len(study.trials) == 4
@@ -135,7 +134,7 @@ def test_a_moved_experiment_directory_resumes_where_it_now_is(tmp_path, ray_tmp)
 
 
 @pytest.mark.slow
-def test_an_interrupt_after_every_trial_started_leaves_the_sweep_resumable(tmp_path, ray_tmp):
+def test_an_interrupt_after_every_trial_started_leaves_the_sweep_resumable(tmp_path, ray_tmp, shared_ray, capsys):
     """Tune marks the trials it stops at an interrupt TERMINATED in memory: the sweep must still
     count them unfinished (they never ended: TrialEnds), not pruned, and not write sweep_done."""
     log, gate = tmp_path / "epochs.jsonl", tmp_path / "gate"
@@ -163,9 +162,8 @@ def test_an_interrupt_after_every_trial_started_leaves_the_sweep_resumable(tmp_p
     assert "2 trial(s) unfinished" in output and not (directory / "sweep_done").exists()
     assert "running" in (directory / "results.csv").read_text()
 
-    resume = launch(["resume", str(directory)], ray_tmp, tmp_path)
-    output, _ = resume.communicate(timeout=240)
-    assert resume.returncode == 0, output
+    status, output = resume_here(directory, shared_ray, capsys)
+    assert status == 0, output
     study = optuna.load_study(study_name="probe", storage=f"sqlite:///{directory / 'optuna.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert all(len(t.intermediate_values) == 30 for t in study.trials)
@@ -220,7 +218,8 @@ def test_a_ctrl_c_before_tune_starts_exits_130_without_a_traceback(tmp_path, ray
 
 
 @pytest.mark.slow
-def test_a_driver_killed_right_after_a_trials_final_checkpoint_resumes_it_as_complete(tmp_path, ray_tmp):
+def test_a_driver_killed_right_after_a_trials_final_checkpoint_resumes_it_as_complete(tmp_path, ray_tmp, shared_ray,
+                                                                                     capsys):
     """The last epoch's result and checkpoint are in Tune's snapshot, but the trial had not ended
     when the driver died: restored from its final checkpoint, it has nothing left to train. It
     reports its last epoch again and ends COMPLETE with its last value in Tune, the study and
@@ -247,9 +246,8 @@ def test_a_driver_killed_right_after_a_trials_final_checkpoint_resumes_it_as_com
     time.sleep(1.0)
     assert epochs_logged(log) == 3
 
-    resume = launch(["resume", str(directory)], ray_tmp, tmp_path)
-    output, _ = resume.communicate(timeout=240)
-    assert resume.returncode == 0, output
+    status, output = resume_here(directory, shared_ray, capsys)
+    assert status == 0, output
     assert epochs_logged(log) == 3  # nothing trained again
     rows = [json.loads(line) for line in next(directory.glob("trial_*/result.json")).read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
@@ -265,7 +263,7 @@ def test_a_driver_killed_right_after_a_trials_final_checkpoint_resumes_it_as_com
 
 
 @pytest.mark.slow
-def test_a_killed_driver_whose_snapshot_lagged_loses_no_epoch(tmp_path, ray_tmp, monkeypatch):
+def test_a_killed_driver_whose_snapshot_lagged_loses_no_epoch(tmp_path, ray_tmp, monkeypatch, shared_ray, capsys):
     """Tune snapshots the experiment only now and then (here: once, at the start, before any
     checkpoint). The driver is SIGKILLed with the trial 4 epochs in: the resumed trial continues
     from its own newest checkpoint (epoch 3) instead of epoch 0, sends Tune the 4 reports its
@@ -290,9 +288,8 @@ def test_a_killed_driver_whose_snapshot_lagged_loses_no_epoch(tmp_path, ray_tmp,
     assert restored_epochs(directory) == {}  # the snapshot names no checkpoint of the trial
     gate.unlink()
 
-    resume = launch(["resume", str(directory)], ray_tmp, tmp_path)
-    output, _ = resume.communicate(timeout=240)
-    assert resume.returncode == 0, output
+    status, output = resume_here(directory, shared_ray, capsys)
+    assert status == 0, output
     assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == list(range(6))  # none twice
     [result] = directory.glob("trial_*/result.json")
     rows = [json.loads(line) for line in result.read_text().splitlines()]

@@ -16,7 +16,7 @@ import yaml
 from tl_s3 import BUCKET, objects
 from tl_sweeps import interrupt_after, launch, probe_experiment
 
-EPOCHS, TRIALS = 6, 3
+EPOCHS, TRIALS = 6, 2
 
 
 @pytest.mark.slow
