@@ -83,7 +83,7 @@ def check_train_and_resume(experiment: Path, tmp_path: Path, capsys, overrides: 
 def check_interrupted_sweep(experiment: Path, tmp_path: Path, ray_tmp: str, shared_ray, capsys,
                             overrides: dict[str, str], *, name: str, trials: int, epochs: int,
                             interrupt_after_epochs: int, better_than: float) -> Path:
-    """`tuneloop sweep` of `trials` trials of at most `epochs` epochs, Ctrl-C'd once
+    """`tuneloop sweep` of `trials` trials of at most `epochs` epochs, one at a time, Ctrl-C'd once
     `interrupt_after_epochs` epochs were trained, then `tuneloop resume`d to its end: every trial
     complete or pruned in results.csv and in the Optuna study, each trial's epochs reported once and
     in order, and the best final val_accuracy beats `better_than`. Returns the experiment directory.
@@ -91,6 +91,7 @@ def check_interrupted_sweep(experiment: Path, tmp_path: Path, ray_tmp: str, shar
     log = tmp_path / "epochs.jsonl"
     storage = tmp_path / "results"
     args = sets({**overrides, "run.epochs": str(epochs), "sweep.num_samples": str(trials),
+                 "sweep.max_concurrent_trials": "1",  # one Ray worker importing the recipe's model, not two
                  "sweep.storage_path": str(storage), "sweep.max_failures": "0",
                  "run.checkpoint_config.save_every_n_epochs": "1",
                  "run.callbacks": f"[{{class: tl_testing.EpochLog, path: '{log}'}}]"})

@@ -111,7 +111,7 @@ def test_a_moved_experiment_directory_resumes_where_it_now_is(tmp_path, ray_tmp,
     """The searcher, the ASHA state and the study are found in the directory resumed, not where
     Tune pickled them (tuner.pkl and the searcher state hold no absolute path of ours)."""
     log = tmp_path / "epochs.jsonl"
-    experiment = probe_experiment(tmp_path, epochs=EPOCHS, num_samples=4, max_concurrent_trials=2,
+    experiment = probe_experiment(tmp_path, epochs=EPOCHS, num_samples=4,  # one at a time: one Ray worker
                                   scheduler={"name": "asha", "grace_period": 2, "reduction_factor": 2})
     experiment["run"]["net_config"]["delay"] = 0.01
     experiment["run"]["callbacks"] = [{"class": "tl_testing.EpochLog", "path": str(log)}]

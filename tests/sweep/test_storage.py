@@ -22,7 +22,7 @@ EPOCHS, TRIALS = 6, 2
 @pytest.mark.slow
 def test_a_sweep_on_s3_resumes_from_its_uri_with_trials_resuming_from_s3_checkpoints(tmp_path, s3_endpoint, ray_tmp):
     log, markers = tmp_path / "epochs.jsonl", tmp_path / "markers"
-    experiment = probe_experiment(tmp_path, epochs=EPOCHS, num_samples=TRIALS, max_concurrent_trials=2,
+    experiment = probe_experiment(tmp_path, epochs=EPOCHS, num_samples=TRIALS, max_concurrent_trials=1,
                                   max_failures=1, storage_path=f"s3://{BUCKET}/sweeps", s3_endpoint=s3_endpoint)
     experiment["run"]["net_config"]["delay"] = 0.01
     experiment["run"]["checkpoint_config"]["save_every_n_epochs"] = 1
