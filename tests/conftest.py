@@ -183,8 +183,8 @@ RAY_FIXTURES = {"ray_local", "shared_ray", "ray_tmp", "ray_cluster", "ray_with_f
 def pytest_collection_modifyitems(config, items):
     """`ray` marks every test that starts or joins a Ray (through one of RAY_FIXTURES, or marked by
     hand): `pytest -m "not ray"` runs the rest in seconds. The `slow` tests go first (in their
-    order), so that two xdist workers share out the long ones early instead of one ending alone on
-    a long test while the other is idle (the order is not one any test relies on)."""
+    order), so that the xdist workers share out the long ones early instead of one ending alone on
+    a long test while the others are idle (the order is not one any test relies on)."""
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ray)
