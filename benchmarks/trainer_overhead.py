@@ -173,6 +173,31 @@ def default_trainer(checkpoints: bool = True) -> float:
         return (clock() - started) / parts.config.epochs
 
 
+VARIANTS = {  # short name: its line in the table
+    "a": "(a)  bare PyTorch loop", "a'": "(a') (a) again: the noise floor", "b": "(b)  Trainer, no callbacks",
+    "c": "(c)  Trainer, 8 built-ins (no W&B)", "c'": "(c') (c) without Checkpoint",
+    "d": "(d)  default experiment, bare loop", "e": "(e)  default experiment, Trainer",
+    "e'": "(e') (e) without its checkpoints", "d'": "(d') (d) again: the noise floor",
+}
+TARGETS = "(b) <= 1.03, (c') <= 1.05, (e) <= 1.05"
+
+
+def variant_runs(epochs: int) -> dict:
+    """Each variant by its short name: a run of it, which returns seconds per epoch (case 1: `epochs`
+    epochs; case 2: the experiment's)."""
+    return {"a": lambda: bare(epochs), "a'": lambda: bare(epochs),
+            "b": lambda: with_trainer(epochs, no_callbacks),
+            "c": lambda: with_trainer(epochs, all_builtins(True)),
+            "c'": lambda: with_trainer(epochs, all_builtins(False)),
+            "d": default_bare, "e": default_trainer, "e'": lambda: default_trainer(checkpoints=False),
+            "d'": default_bare}
+
+
+def base_of(name: str) -> str:
+    """The bare loop of the variant's case."""
+    return "d" if name[0] in "de" else "a"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
@@ -184,19 +209,7 @@ def main() -> None:
     global clock
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
-    variants = {
-        "(a)  bare PyTorch loop": lambda: bare(args.epochs),
-        "(a') (a) again: the noise floor": lambda: bare(args.epochs),
-        "(b)  Trainer, no callbacks": lambda: with_trainer(args.epochs, no_callbacks),
-        "(c)  Trainer, 8 built-ins (no W&B)": lambda: with_trainer(args.epochs, all_builtins(True)),
-        "(c') (c) without Checkpoint": lambda: with_trainer(args.epochs, all_builtins(False)),
-        "(d)  default experiment, bare loop": default_bare,
-        "(e)  default experiment, Trainer": default_trainer,
-        "(e') (e) without its checkpoints": lambda: default_trainer(checkpoints=False),
-        "(d') (d) again: the noise floor": default_bare,
-    }
-    bases = {name: "(d)  default experiment, bare loop" if name.startswith(("(d", "(e"))
-             else "(a)  bare PyTorch loop" for name in variants}
+    variants = variant_runs(args.epochs)
     for run in variants.values():  # warm-up
         run()
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -214,12 +227,12 @@ def main() -> None:
           f"{run.checkpoint_config.save_every_n_epochs} epochs, {run.epochs} epochs per run")
     print(f"  {'variant':<36} {'median ms/epoch':>15} {'ratio':>8} {'quartiles':>12} {'min ms/epoch':>13}")
     for name, values in times.items():
-        base = times[bases[name]]
+        base = times[base_of(name)]
         ratios = [v / b for v, b in zip(values, base)]
         low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios * 3)
-        print(f"  {name:<36} {statistics.median(values) * 1000:15.2f} {statistics.median(ratios):8.3f} "
+        print(f"  {VARIANTS[name]:<36} {statistics.median(values) * 1000:15.2f} {statistics.median(ratios):8.3f} "
               f"{low:6.3f}-{high:.3f} {min(values) * 1000:13.2f}")
-    print("  targets: (b) <= 1.03, (c') <= 1.05, (e) <= 1.05   ((b), (c), (c') against (a); (e) against (d))")
+    print(f"  targets: {TARGETS}   ((b), (c), (c') against (a); (e) against (d))")
     print("  (a') and (d') run the bare loops a second time: how far their ratios and quartiles stray from 1.000 is "
           "what this machine's noise alone does to a ratio")
     print("  (c), a checkpoint every epoch, is for reference: benchmarks/checkpoint_overhead.py has the checkpoint "
